@@ -14,11 +14,24 @@
 namespace fm {
 
 absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not hang (it is then rejected as not a regular file); no effect on files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
     std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::PermissionDeniedError(msg);
+    switch (err) {
+      case ENOENT:
+      case ENOTDIR:
+        return absl::NotFoundError(msg);
+      case EACCES:
+      case EPERM:
+        return absl::PermissionDeniedError(msg);
+      case ENAMETOOLONG:
+      case ELOOP:
+        return absl::InvalidArgumentError(msg);
+      default:
+        return absl::InternalError(msg);
+    }
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {

@@ -13,7 +13,8 @@ namespace fm {
 
 class MappedFile {
  public:
-  // NOT_FOUND if the file is missing, INVALID_ARGUMENT if it is not a regular file, INTERNAL on mmap failure.
+  // NOT_FOUND if the file (or a directory on its path) is missing, PERMISSION_DENIED if it may not be read,
+  // INVALID_ARGUMENT if it is not a regular file (directories, FIFOs, devices), INTERNAL on other open/mmap failures.
   // An empty file maps to size() == 0 and data() == nullptr.
   static absl::StatusOr<std::shared_ptr<const MappedFile>> Open(const std::string& path);
   // Wraps bytes already in memory (tests, fuzzing); the buffer is copied.
