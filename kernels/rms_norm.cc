@@ -1,0 +1,24 @@
+#include "kernels/rms_norm.h"
+
+#include <ATen/ATen.h>
+
+#ifdef FLASHMORPH_CUDA
+#include "kernels/rms_norm_cuda.h"
+#endif
+
+namespace fm::kernels {
+
+at::Tensor RmsNormReference(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+#ifdef FLASHMORPH_CUDA
+  if (x.is_cuda() && RmsNormCudaSupports(x, weight)) return RmsNormCuda(x, weight, eps);
+#endif
+  return RmsNormReference(x, weight, eps);
+}
+
+}  // namespace fm::kernels

@@ -1,0 +1,144 @@
+#include "worker/engine/model/decoder.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+#include "kernels/rms_norm.h"
+#include "worker/engine/common/str_cat.h"
+
+namespace fm {
+namespace {
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+// Boolean mask [Tq, Tk] (true = attend) for queries at positions offset..offset+Tq-1 over keys 0..Tk-1.
+at::Tensor CausalMask(int64_t tq, int64_t tk, int64_t offset, int64_t window, const at::Device& device) {
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor qpos = at::arange(offset, offset + tq, opts).unsqueeze(1);
+  at::Tensor kpos = at::arange(0, tk, opts).unsqueeze(0);
+  at::Tensor mask = kpos <= qpos;
+  if (window > 0) mask = at::logical_and(mask, kpos > qpos - window);
+  return mask;
+}
+
+}  // namespace
+
+Decoder::Decoder(ModelConfig config, DecoderWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  rope_ = ComputeRopeFrequencies(config_, weights_.embed_tokens.device());
+}
+
+at::ScalarType Decoder::dtype() const { return weights_.embed_tokens.scalar_type(); }
+at::Device Decoder::device() const { return weights_.embed_tokens.device(); }
+
+at::Tensor Decoder::Embed(const at::Tensor& input_ids) const {
+  return at::embedding(weights_.embed_tokens, input_ids);
+}
+
+RopeTables Decoder::Rope(int64_t start, int64_t length) const {
+  return MakeRopeTables(rope_, start, length, dtype());
+}
+
+at::Tensor Decoder::InputNorm(int64_t layer, const at::Tensor& x) const {
+  return kernels::RmsNorm(x, weights_.layers[layer].input_norm, config_.rms_norm_eps);
+}
+
+at::Tensor Decoder::PostAttentionNorm(int64_t layer, const at::Tensor& h) const {
+  return kernels::RmsNorm(h, weights_.layers[layer].post_attention_norm, config_.rms_norm_eps);
+}
+
+at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads,
+                hd = config_.head_dim;
+  at::Tensor q = Linear(x, w.q_proj, w.q_bias).view({B, T, H, hd});
+  at::Tensor k = Linear(x, w.k_proj, w.k_bias).view({B, T, Hkv, hd});
+  at::Tensor v = Linear(x, w.v_proj, w.v_bias).view({B, T, Hkv, hd});
+  if (config_.qk_norm) {
+    q = kernels::RmsNorm(q, w.q_norm, config_.rms_norm_eps);
+    k = kernels::RmsNorm(k, w.k_norm, config_.rms_norm_eps);
+  }
+  q = ApplyRope(q.transpose(1, 2), rope);
+  k = ApplyRope(k.transpose(1, 2), rope);
+  v = v.transpose(1, 2);
+  int64_t offset = 0;
+  if (cache) {
+    offset = cache->length;
+    if (static_cast<int64_t>(cache->k.size()) < config_.num_layers) {
+      cache->k.resize(config_.num_layers);
+      cache->v.resize(config_.num_layers);
+    }
+    if (cache->k[layer].defined()) {
+      k = at::cat({cache->k[layer], k}, 2);
+      v = at::cat({cache->v[layer], v}, 2);
+    }
+    cache->k[layer] = k;
+    cache->v[layer] = v;
+  }
+  const int64_t window = config_.sliding_window[layer];
+  const int64_t Tk = k.size(2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  at::Tensor out;
+  if (offset == 0 && (window == 0 || Tk <= window)) {
+    out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/Hkv != H);
+  } else {
+    at::Tensor mask = CausalMask(T, Tk, offset, window, x.device());
+    out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale, Hkv != H);
+  }
+  out = out.transpose(1, 2).reshape({B, T, H * hd});
+  return Linear(out, w.o_proj, w.o_bias);
+}
+
+at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  at::Tensor gate = at::silu(Linear(h, w.gate_proj, w.gate_bias));
+  return Linear(gate * Linear(h, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
+}
+
+at::Tensor Decoder::Head(const at::Tensor& x) const {
+  at::Tensor normed = kernels::RmsNorm(x, weights_.final_norm, config_.rms_norm_eps);
+  return at::linear(normed, weights_.lm_head).to(at::kFloat);
+}
+
+absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, const ForwardOptions& opt) const {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != at::kLong)
+    return absl::InvalidArgumentError("Forward: input_ids must be an int64 tensor of shape [batch, tokens]");
+  if (input_ids.numel() == 0) return absl::InvalidArgumentError("Forward: input_ids is empty");
+  try {
+    at::Tensor ids = input_ids.to(device());
+    int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size)
+      return absl::InvalidArgumentError(StrCat("Forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ",
+                                               config_.vocab_size, ")"));
+    if (opt.cache && opt.cache->length > 0 && !opt.cache->k.empty() && opt.cache->k[0].defined() &&
+        opt.cache->k[0].size(0) != ids.size(0))
+      return absl::InvalidArgumentError("Forward: batch size differs from the KV cache's");
+
+    const int64_t T = ids.size(1);
+    const int64_t start = opt.cache ? opt.cache->length : 0;
+    ForwardResult r;
+    RopeTables rope = Rope(start, T);
+    at::Tensor x = Embed(ids);
+    if (opt.return_hidden_states) r.hidden_states.push_back(x);
+    for (int64_t l = 0; l < config_.num_layers; ++l) {
+      at::Tensor attn = Attention(l, InputNorm(l, x), rope, opt.cache);
+      if (opt.return_attention_outputs) r.attention_outputs.push_back(attn);
+      at::Tensor h = x + attn;
+      x = h + Mlp(l, PostAttentionNorm(l, h));
+      if (opt.return_hidden_states) r.hidden_states.push_back(x);
+    }
+    if (opt.cache) opt.cache->length += T;
+    at::Tensor last = opt.logits_last_only ? x.narrow(1, T - 1, 1) : x;
+    r.final_hidden = kernels::RmsNorm(last, weights_.final_norm, config_.rms_norm_eps);
+    if (opt.return_logits) r.logits = at::linear(r.final_hidden, weights_.lm_head).to(at::kFloat);
+    return r;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(StrCat("Forward failed: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace fm

@@ -1,0 +1,72 @@
+// A LibTorch forward pass of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) that reproduces Hugging Face
+// transformers' numerics: RMSNorm in fp32, RoPE tables in fp32 (default/linear/llama3/yarn), GQA causal attention
+// (with per-layer sliding windows), SwiGLU MLP. It returns logits and, on request, every layer's residual-stream
+// output and attention-block output — the quantities the conversion engine aligns branches and gates against.
+// The per-layer pieces are public so the engine can run layers one by one and swap in other attention branches.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/model/decoder_weights.h"
+#include "worker/engine/model/model_config.h"
+#include "worker/engine/model/rope.h"
+
+namespace fm {
+
+// Keys/values of earlier positions, per layer, for incremental decoding. Tensors are [B, Hkv, T, head_dim].
+struct KvCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;  // positions already cached
+};
+
+struct ForwardOptions {
+  bool return_hidden_states = false;      // residual stream: [0] embeddings, [l+1] output of layer l
+  bool return_attention_outputs = false;  // [l] attention-block output of layer l (after o_proj, before the residual)
+  bool return_logits = true;
+  bool logits_last_only = false;  // logits of the last position only ([B, 1, V])
+  KvCache* cache = nullptr;       // when set: positions continue from cache->length, and the cache is extended
+};
+
+struct ForwardResult {
+  at::Tensor logits;                          // [B, T, V] (or [B, 1, V]) in float32
+  at::Tensor final_hidden;                    // [B, T, d] after the final norm
+  std::vector<at::Tensor> hidden_states;      // see ForwardOptions
+  std::vector<at::Tensor> attention_outputs;  // see ForwardOptions
+};
+
+class Decoder {
+ public:
+  Decoder(ModelConfig config, DecoderWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const DecoderWeights& weights() const { return weights_; }
+  at::ScalarType dtype() const;
+  at::Device device() const;
+
+  // input_ids: int64 [B, T] on any device (moved to the model's). INVALID_ARGUMENT for wrong rank/dtype, empty
+  // input, or ids outside [0, vocab).
+  absl::StatusOr<ForwardResult> Forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
+
+  // Building blocks (no argument checking; x is [B, T, d] in the model's dtype and device).
+  at::Tensor Embed(const at::Tensor& input_ids) const;
+  RopeTables Rope(int64_t start, int64_t length) const;  // cos/sin for positions [start, start+length)
+  at::Tensor InputNorm(int64_t layer, const at::Tensor& x) const;
+  // Softmax attention of layer `layer` on an already normed input; appends to `cache` when given.
+  at::Tensor Attention(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache) const;
+  at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
+  at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
+  at::Tensor Head(const at::Tensor& x) const;  // final norm + lm_head, float32 logits
+
+ private:
+  ModelConfig config_;
+  DecoderWeights weights_;
+  RopeFrequencies rope_;
+};
+
+}  // namespace fm

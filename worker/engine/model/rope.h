@@ -1,0 +1,26 @@
+// Rotary position embeddings computed as transformers does: inverse frequencies in fp32 for the config's rope type
+// (default, linear, llama3, yarn), cos/sin of position × frequency in fp32 (scaled by yarn's attention factor), then
+// cast to the activation dtype; rotate-half convention.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "worker/engine/model/model_config.h"
+
+namespace fm {
+
+struct RopeFrequencies {
+  at::Tensor inv_freq;  // [head_dim / 2] float32, on the model's device
+  double attention_scaling = 1.0;
+};
+
+struct RopeTables {
+  at::Tensor cos, sin;  // [T, head_dim] in the activation dtype
+};
+
+RopeFrequencies ComputeRopeFrequencies(const ModelConfig& config, const at::Device& device);
+RopeTables MakeRopeTables(const RopeFrequencies& f, int64_t start, int64_t length, at::ScalarType dtype);
+// x: [B, H, T, head_dim]; returns x*cos + rotate_half(x)*sin.
+at::Tensor ApplyRope(const at::Tensor& x, const RopeTables& t);
+
+}  // namespace fm
