@@ -61,6 +61,11 @@ endif()
 foreach(_d IN LISTS FLASHMORPH_TORCH_RPATH)
   target_link_options(fm_torch INTERFACE "LINKER:-rpath,${_d}" "LINKER:-rpath-link,${_d}")
 endforeach()
-# at::parallel_for in our own code is serial unless the TU is built with OpenMP.
-find_package(OpenMP REQUIRED COMPONENTS CXX)
-target_link_libraries(fm_torch INTERFACE OpenMP::OpenMP_CXX)
+# at::parallel_for in our own code is serial unless the TU is built with OpenMP. Link the wheel's own libgomp (the
+# one libtorch_cpu loads), not the compiler's, so one OpenMP runtime serves both.
+target_compile_options(fm_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
+if(EXISTS "${TORCH_ROOT}/lib/libgomp.so.1")
+  target_link_libraries(fm_torch INTERFACE "${TORCH_ROOT}/lib/libgomp.so.1")
+else()
+  target_link_libraries(fm_torch INTERFACE gomp)
+endif()

@@ -7,32 +7,24 @@
 
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/common/str_cat.h"
-#include "worker/engine/formats/checkpoint_dir.h"
 #include "worker/engine/model/gguf_loader.h"
 #include "worker/engine/model/tensor_bridge.h"
-#include "worker/engine/model/weight_spec.h"
+#include "worker/engine/model/validated_checkpoint.h"
 
 namespace fm {
 
 absl::StatusOr<std::unique_ptr<Decoder>> LoadDecoderFromCheckpointDir(const std::string& dir,
                                                                       const LoadOptions& options) {
-  FM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  FM_ASSIGN_OR_RETURN(CheckpointDir ckpt, CheckpointDir::Open(dir));
-  auto lookup = [&](const std::string& name) -> std::optional<FoundTensor> {
-    size_t file_index = 0;
-    const SafetensorsTensorInfo* info = ckpt.Find(name, &file_index);
-    if (!info) return std::nullopt;
-    return FoundTensor{info->dtype, info->shape, ckpt.files()[file_index].path()};
-  };
-  FM_RETURN_IF_ERROR(ValidateDecoderCheckpoint(config, lookup, ckpt.names(), dir));
+  FM_ASSIGN_OR_RETURN(ValidatedCheckpoint checkpoint, OpenDecoderCheckpoint(dir));
+  const CheckpointDir& ckpt = checkpoint.tensors;
   auto get = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
     FM_ASSIGN_OR_RETURN(CheckpointTensor t, ckpt.Get(name));
     FM_ASSIGN_OR_RETURN(at::Tensor raw, TensorFromView(t.view, t.file));
     return raw.to(options.device, options.dtype);
   };
   try {
-    FM_ASSIGN_OR_RETURN(DecoderWeights weights, AssembleDecoderWeights(config, get));
-    return std::make_unique<Decoder>(std::move(config), std::move(weights));
+    FM_ASSIGN_OR_RETURN(DecoderWeights weights, AssembleDecoderWeights(checkpoint.config, get));
+    return std::make_unique<Decoder>(std::move(checkpoint.config), std::move(weights));
   } catch (const c10::Error& e) {
     return absl::InternalError(StrCat(dir, ": loading weights failed: ", e.what_without_backtrace()));
   }
