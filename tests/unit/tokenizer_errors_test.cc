@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "worker/engine/tokenizer/tokenizer.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm {
 namespace {
@@ -297,7 +297,7 @@ TEST(TokenizerErrors, ArbitraryBytesEncode) {
     for (const std::string& in : inputs) {
       const std::vector<int32_t> ids = (*tok)->Encode(in, /*add_special_tokens=*/false);
       for (int32_t id : ids) ASSERT_TRUE((*tok)->IdToToken(id).has_value()) << id;
-      EXPECT_TRUE(tokenizer_internal::IsValidUtf8((*tok)->Decode(ids)));
+      EXPECT_TRUE(IsValidUtf8((*tok)->Decode(ids)));
       if (roundtrips) {
         // Inputs with an added token's text inside (e.g. "[NOTE]" with its stripped spaces) do not occur here.
         EXPECT_EQ((*tok)->DecodeBytes(ids), in);

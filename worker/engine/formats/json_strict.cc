@@ -8,7 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "worker/engine/formats/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm {
 namespace {

@@ -20,7 +20,7 @@
 #include "worker/engine/formats/atomic_file.h"
 #include "worker/engine/formats/json_emit.h"
 #include "worker/engine/formats/json_strict.h"
-#include "worker/engine/formats/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm {
 namespace {

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "worker/engine/common/absl_compat.h"
 #include "worker/engine/common/status_macros.h"
 
 namespace fm {
@@ -64,9 +65,6 @@ bool IsInteger(GgufValueType t) {
       return false;
   }
 }
-
-// This abseil build's string_view is its own type: convert for heterogeneous hash-map lookups.
-absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 template <typename T>
 T Load(const uint8_t* p) {

@@ -1,11 +1,11 @@
 #include "worker/engine/tokenizer/added_vocabulary.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #include <algorithm>
 
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/tokenizer/unicode_text.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 namespace {

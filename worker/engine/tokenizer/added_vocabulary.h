@@ -13,7 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 #include "worker/engine/tokenizer/bpe_model.h"
 #include "worker/engine/tokenizer/normalizer.h"
 #include "worker/engine/tokenizer/regex.h"

@@ -1,12 +1,12 @@
 #include "worker/engine/tokenizer/bpe_model.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #include <queue>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 namespace {

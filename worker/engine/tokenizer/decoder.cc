@@ -1,10 +1,10 @@
 #include "worker/engine/tokenizer/decoder.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/tokenizer/byte_level.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 

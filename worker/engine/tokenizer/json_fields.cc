@@ -1,5 +1,5 @@
 #include "worker/engine/tokenizer/json_fields.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #include "absl/strings/str_cat.h"
 

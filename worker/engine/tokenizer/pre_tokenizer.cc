@@ -8,7 +8,7 @@
 #include "worker/engine/tokenizer/byte_level.h"
 #include "worker/engine/tokenizer/patterns.h"
 #include "worker/engine/tokenizer/unicode_text.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 namespace {

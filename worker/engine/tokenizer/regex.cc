@@ -1,11 +1,11 @@
 #include "worker/engine/tokenizer/regex.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
 #include "absl/strings/str_cat.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 namespace {

@@ -1,5 +1,5 @@
 #include "worker/engine/tokenizer/tokenizer.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -13,7 +13,7 @@
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/tokenizer/byte_level.h"
 #include "worker/engine/tokenizer/tokenizer_parts.h"
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm {
 
@@ -87,7 +87,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJsonString(std::string
     return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(parts)));
   } catch (const std::exception& e) {
     return absl::InternalError(
-        absl::StrCat(tokenizer_internal::Sv(source_name), ": unexpected failure while loading: ", e.what()));
+        absl::StrCat(Sv(source_name), ": unexpected failure while loading: ", e.what()));
   }
 }
 
@@ -144,7 +144,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
           ++end;
           continue;
         }
-        const size_t n = tokenizer_internal::DecodeUtf8(text, end, &cp);
+        const size_t n = DecodeUtf8(text, end, &cp);
         if (n == 0) break;
         end += n;
       }
@@ -154,8 +154,8 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
         continue;
       }
       // The longest invalid run from pos.
-      while (end < text.size() && tokenizer_internal::DecodeUtf8(text, end, &cp) == 0) {
-        end += tokenizer_internal::InvalidUtf8Length(text, end);
+      while (end < text.size() && DecodeUtf8(text, end, &cp) == 0) {
+        end += InvalidUtf8Length(text, end);
       }
       const std::string_view invalid = text.substr(pos, end - pos);
       if (byte_level) {
@@ -163,7 +163,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
         tokenizer_internal::AppendByteLevel(invalid, &word);
         parts_->model->Tokenize(word, &ids);
       } else {
-        EncodeValidText(tokenizer_internal::Utf8Lossy(invalid), &ids);
+        EncodeValidText(Utf8Lossy(invalid), &ids);
       }
       pos = end;
     }

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/common/status_macros.h"
-#include "worker/engine/tokenizer/absl_compat.h"
+#include "worker/engine/common/absl_compat.h"
 #include "worker/engine/tokenizer/tokenizer_parts.h"
 
 namespace fm::tokenizer_internal {

@@ -4,7 +4,7 @@
 
 #include <cstdlib>
 
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 namespace fm::tokenizer_internal {
 namespace {

@@ -1,13 +1,14 @@
-// UTF-8 helpers for the tokenizer: strict decoding (the rules of Rust's str, which the `tokenizers` library uses),
+// UTF-8 helpers: strict decoding (the rules of Rust's str, which the `tokenizers` library uses),
 // encoding, and Rust's String::from_utf8_lossy (one U+FFFD per maximal invalid subpart). Pure functions on bytes;
 // they never read outside the given view.
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
-namespace fm::tokenizer_internal {
+namespace fm {
 
 // Decodes the code point that starts at s[pos]. Returns its length in bytes (1..4) and sets *cp, or returns 0 when
 // the bytes at pos do not start a valid UTF-8 sequence (overlong forms, surrogates and values above U+10FFFF are
@@ -22,6 +23,8 @@ size_t InvalidUtf8Length(std::string_view s, size_t pos);
 void AppendUtf8(char32_t cp, std::string* out);
 
 bool IsValidUtf8(std::string_view s);
+// Offset of the first byte that does not start a valid UTF-8 sequence; nullopt if `s` is valid.
+std::optional<size_t> FindInvalidUtf8(std::string_view s);
 
 // Rust's String::from_utf8_lossy.
 std::string Utf8Lossy(std::string_view bytes);
@@ -29,4 +32,4 @@ std::string Utf8Lossy(std::string_view bytes);
 // Number of code points in valid UTF-8 text.
 size_t CountChars(std::string_view s);
 
-}  // namespace fm::tokenizer_internal
+}  // namespace fm

@@ -6,8 +6,8 @@
 
 #include "absl/strings/string_view.h"
 
-namespace fm::tokenizer_internal {
+namespace fm {
 
 inline absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-}  // namespace fm::tokenizer_internal
+}  // namespace fm

@@ -1,8 +1,8 @@
-#include "worker/engine/tokenizer/utf8.h"
+#include "worker/engine/common/utf8.h"
 
 #include <cstdint>
 
-namespace fm::tokenizer_internal {
+namespace fm {
 namespace {
 
 // Scans the sequence at s[pos]. Returns the number of bytes that form a valid prefix of a sequence (the lead byte
@@ -82,6 +82,16 @@ void AppendUtf8(char32_t cp, std::string* out) {
   }
 }
 
+std::optional<size_t> FindInvalidUtf8(std::string_view s) {
+  char32_t cp;
+  for (size_t pos = 0; pos < s.size();) {
+    size_t len = DecodeUtf8(s, pos, &cp);
+    if (len == 0) return pos;
+    pos += len;
+  }
+  return std::nullopt;
+}
+
 bool IsValidUtf8(std::string_view s) {
   size_t pos = 0;
   char32_t cp;
@@ -121,4 +131,4 @@ size_t CountChars(std::string_view s) {
   return n;
 }
 
-}  // namespace fm::tokenizer_internal
+}  // namespace fm
