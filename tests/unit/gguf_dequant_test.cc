@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <bit>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -200,17 +199,13 @@ class GgufDequantSmolLM2 : public ::testing::Test {
 TEST_F(GgufDequantSmolLM2, EveryTensorMatchesGgufPyChecksumAndIsFinite) {
   uint64_t max_elements = 0, total = 0;
   for (const GgufTensorInfo& t : file_->tensors()) max_elements = std::max(max_elements, t.num_elements);
-  std::vector<float> buf(max_elements, 1.0f);  // touched once, so timing below excludes page faults
+  std::vector<float> buf(max_elements, 1.0f);
   ASSERT_EQ(m_["tensors"].size(), file_->tensors().size());
 
-  // Timed: every tensor, single-threaded.
-  double seconds = 0;
   for (size_t i = 0; i < file_->tensors().size(); ++i) {
     const GgufTensorInfo& t = file_->tensors()[i];
     absl::Span<float> out = absl::MakeSpan(buf).subspan(0, t.num_elements);
-    auto start = std::chrono::steady_clock::now();
     absl::Status s = DequantizeTensor(*file_, t, out);
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ASSERT_TRUE(s.ok()) << s;
     total += t.num_elements;
     const json& want = m_["tensors"][i];
@@ -221,9 +216,7 @@ TEST_F(GgufDequantSmolLM2, EveryTensorMatchesGgufPyChecksumAndIsFinite) {
     for (float x : out) finite = finite && std::isfinite(x);
     EXPECT_TRUE(finite) << t.name;
   }
-  std::cout << "SmolLM2 dequantisation, 1 thread: " << total << " values (" << file_->tensors().size()
-            << " tensors) in " << seconds * 1e3 << " ms = " << total / seconds / 1e6 << " Mvalues/s\n";
-  RecordProperty("dequant_ms_1thread", static_cast<int>(seconds * 1e3));
+  EXPECT_GT(total, 100'000'000u);
 }
 
 TEST_F(GgufDequantSmolLM2, ThreadedDecodeEqualsSingleThreaded) {
@@ -236,12 +229,9 @@ TEST_F(GgufDequantSmolLM2, ThreadedDecodeEqualsSingleThreaded) {
     for (int threads : {0, 3, 8}) {
       DequantOptions options;
       options.num_threads = threads;
-      auto start = std::chrono::steady_clock::now();
       auto many = DequantizeToVector(*file_, *t, options);
-      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       ASSERT_TRUE(many.ok()) << many.status();
       ExpectSameBits(*many, *one, std::string(name) + " threads=" + std::to_string(threads));
-      std::cout << name << " with num_threads=" << threads << ": " << ms << " ms\n";
     }
   }
 }
