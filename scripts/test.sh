@@ -9,14 +9,15 @@ start=$(date +%s)
 bash scripts/setup.sh
 
 JOBS=${JOBS:-$(nproc)}
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
+mkdir -p build build-asan
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >build/configure.log 2>&1 || { cat build/configure.log; exit 1; }
 ninja -C build -j"$JOBS"
 ctest --test-dir build --output-on-failure -j"$JOBS" --timeout 900
 
 if [ "${FM_SKIP_ASAN:-0}" != 1 ]; then
   echo "== AddressSanitizer + UBSan: torch-free targets =="
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFLASHMORPH_SANITIZE=ON -DFLASHMORPH_WITH_TORCH=OFF \
-    -DFM_FIXTURES_DIR="$ROOT/build/fixtures" >build-asan-configure.log 2>&1 || { cat build-asan-configure.log; exit 1; }
+    -DFM_FIXTURES_DIR="$ROOT/build/fixtures" >build-asan/configure.log 2>&1 || { cat build-asan/configure.log; exit 1; }
   ninja -C build-asan -j"$JOBS"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 900

@@ -48,7 +48,7 @@ int Inspect(const std::string& path) {
   for (const auto& l : (*model)->weights().layers)
     for (const at::Tensor* t : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj,
                                 &l.input_norm, &l.post_attention_norm, &l.q_norm, &l.k_norm, &l.q_bias, &l.k_bias,
-                                &l.v_bias, &l.o_bias})
+                                &l.v_bias, &l.o_bias, &l.gate_bias, &l.up_bias, &l.down_bias})
       if (t->defined()) params += t->numel();
   std::printf("path            %s\n", path.c_str());
   std::printf("architecture    %s\n", std::string(ArchitectureName(c.arch)).c_str());

@@ -99,10 +99,15 @@ at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const {
   return Linear(gate * Linear(h, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
 }
 
-at::Tensor Decoder::Head(const at::Tensor& x) const {
-  at::Tensor normed = kernels::RmsNorm(x, weights_.final_norm, config_.rms_norm_eps);
-  return at::linear(normed, weights_.lm_head).to(at::kFloat);
+at::Tensor Decoder::FinalNorm(const at::Tensor& x) const {
+  return kernels::RmsNorm(x, weights_.final_norm, config_.rms_norm_eps);
 }
+
+at::Tensor Decoder::Logits(const at::Tensor& x_normed) const {
+  return at::linear(x_normed, weights_.lm_head).to(at::kFloat);
+}
+
+at::Tensor Decoder::Head(const at::Tensor& x) const { return Logits(FinalNorm(x)); }
 
 absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, const ForwardOptions& opt) const {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != at::kLong)
@@ -133,8 +138,8 @@ absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, cons
     }
     if (opt.cache) opt.cache->length += T;
     at::Tensor last = opt.logits_last_only ? x.narrow(1, T - 1, 1) : x;
-    r.final_hidden = kernels::RmsNorm(last, weights_.final_norm, config_.rms_norm_eps);
-    if (opt.return_logits) r.logits = at::linear(r.final_hidden, weights_.lm_head).to(at::kFloat);
+    r.final_hidden = FinalNorm(last);
+    if (opt.return_logits) r.logits = Logits(r.final_hidden);
     return r;
   } catch (const c10::Error& e) {
     return absl::InternalError(StrCat("Forward failed: ", e.what_without_backtrace()));

@@ -61,7 +61,9 @@ class Decoder {
   at::Tensor Attention(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
-  at::Tensor Head(const at::Tensor& x) const;  // final norm + lm_head, float32 logits
+  at::Tensor FinalNorm(const at::Tensor& x) const;
+  at::Tensor Logits(const at::Tensor& x_normed) const;  // lm_head, float32
+  at::Tensor Head(const at::Tensor& x) const;           // Logits(FinalNorm(x))
 
  private:
   ModelConfig config_;

@@ -1,5 +1,5 @@
 // Turns checkpoint bytes into at::Tensors. CPU tensors borrow the mapped bytes without copying (the tensor's deleter
-// holds the mapping alive); a misaligned or big-endian-unsafe view is copied instead. Borrowed tensors are
+// holds the mapping alive); a view misaligned for its element type is copied instead. Borrowed tensors are
 // read-only memory: clone before writing into them.
 #pragma once
 
@@ -13,7 +13,7 @@
 
 namespace fm {
 
-// UNIMPLEMENTED for dtypes torch cannot hold (U16/U32/U64 are held as their signed twins only when asked to copy).
+// The torch dtype of a checkpoint dtype (every DType has one; UNIMPLEMENTED guards future additions).
 absl::StatusOr<at::ScalarType> ToScalarType(DType dtype);
 
 absl::StatusOr<at::Tensor> TensorFromView(const TensorView& view, std::shared_ptr<const MappedFile> owner);
