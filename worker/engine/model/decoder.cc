@@ -52,6 +52,16 @@ at::Tensor Decoder::PostAttentionNorm(int64_t layer, const at::Tensor& h) const 
 }
 
 at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache) const {
+  return AttentionOutProj(layer, AttentionHeads(layer, x, rope, cache));
+}
+
+at::Tensor Decoder::AttentionOutProj(int64_t layer, const at::Tensor& heads) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  return Linear(heads, w.o_proj, w.o_bias);
+}
+
+at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
+                                   int64_t window_override) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads,
                 hd = config_.head_dim;
@@ -79,7 +89,7 @@ at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTabl
     cache->k[layer] = k;
     cache->v[layer] = v;
   }
-  const int64_t window = config_.sliding_window[layer];
+  const int64_t window = window_override >= 0 ? window_override : config_.sliding_window[layer];
   const int64_t Tk = k.size(2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   at::Tensor out;
@@ -89,8 +99,7 @@ at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTabl
     at::Tensor mask = CausalMask(T, Tk, offset, window, x.device());
     out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale, Hkv != H);
   }
-  out = out.transpose(1, 2).reshape({B, T, H * hd});
-  return Linear(out, w.o_proj, w.o_bias);
+  return out.transpose(1, 2).reshape({B, T, H * hd});
 }
 
 at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const {

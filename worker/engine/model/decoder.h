@@ -59,6 +59,11 @@ class Decoder {
   at::Tensor InputNorm(int64_t layer, const at::Tensor& x) const;
   // Softmax attention of layer `layer` on an already normed input; appends to `cache` when given.
   at::Tensor Attention(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache) const;
+  // The two halves of Attention: per-head outputs [B, T, H*hd] before o_proj, and o_proj (+ bias) applied to them.
+  // `window_override` >= 0 replaces the layer's sliding window (0 = full causal attention).
+  at::Tensor AttentionHeads(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache,
+                            int64_t window_override = -1) const;
+  at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
   at::Tensor FinalNorm(const at::Tensor& x) const;

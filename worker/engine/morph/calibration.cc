@@ -1,0 +1,190 @@
+#include "worker/engine/morph/calibration.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <memory>
+
+#include "worker/engine/common/status_macros.h"
+#include "worker/engine/common/str_cat.h"
+#include "worker/engine/morph/optimizer.h"
+#include "worker/engine/morph/stage_checkpoint.h"
+
+namespace fm {
+namespace {
+
+struct TeacherActivations {
+  std::vector<at::Tensor> inputs;   // input-normed hidden state per layer
+  std::vector<at::Tensor> targets;  // attention output per layer
+};
+
+absl::StatusOr<TeacherActivations> RunTeacher(const Decoder& teacher, const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  ForwardOptions opt;
+  opt.return_hidden_states = true;
+  opt.return_attention_outputs = true;
+  opt.return_logits = false;
+  FM_ASSIGN_OR_RETURN(ForwardResult r, teacher.Forward(ids, opt));
+  TeacherActivations a;
+  for (int64_t l = 0; l < teacher.config().num_layers; ++l) {
+    a.inputs.push_back(teacher.InputNorm(l, r.hidden_states[l]));
+    a.targets.push_back(r.attention_outputs[l]);
+  }
+  return a;
+}
+
+NamedTensorList BranchTensors(std::vector<LinearBranch>& branches) {
+  NamedTensorList out;
+  for (size_t l = 0; l < branches.size(); ++l)
+    for (auto& [name, t] : branches[l].NamedTensors())
+      out.emplace_back(StrCat("model.layers.", l, ".linear_attn.", name), *t);
+  return out;
+}
+
+absl::Status LoadBranchTensors(std::vector<LinearBranch>& branches, const std::map<std::string, at::Tensor>& saved,
+                               const std::string& where) {
+  for (size_t l = 0; l < branches.size(); ++l)
+    for (auto& [name, t] : branches[l].NamedTensors()) {
+      const std::string key = StrCat("model.layers.", l, ".linear_attn.", name);
+      auto it = saved.find(key);
+      if (it == saved.end()) return absl::DataLossError(StrCat(where, ": tensor ", key, " is missing"));
+      if (it->second.sizes() != t->sizes())
+        return absl::DataLossError(StrCat(where, ": tensor ", key, " has the wrong shape"));
+      const bool grad = t->requires_grad();
+      *t = it->second.to(t->device(), t->scalar_type()).detach().requires_grad_(grad);
+    }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<double> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                    const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  std::vector<double> err(branches.size(), 0.0);
+  auto acts = RunTeacher(teacher, ids);
+  if (!acts.ok()) return err;
+  for (size_t l = 0; l < branches.size(); ++l) {
+    at::Tensor fa = acts->targets[l].to(at::kDouble);
+    at::Tensor la = branches[l].Forward(acts->inputs[l]).to(at::kDouble);
+    err[l] = (la - fa).pow(2).sum().item<double>() / std::max(1e-30, fa.pow(2).sum().item<double>());
+  }
+  return err;
+}
+
+absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const CalibrationPlan& plan, const TokenBatchFn& train_batch,
+                                                    const at::Tensor& eval_ids, const std::string& checkpoint_dir,
+                                                    ProgressSink& sink) {
+  const int64_t L = teacher.config().num_layers;
+  std::vector<int64_t> layers = plan.layers;
+  if (layers.empty())
+    for (int64_t l = 0; l < L; ++l) layers.push_back(l);
+  for (int64_t l : layers)
+    if (l < 0 || l >= L) return absl::InvalidArgumentError(StrCat("calibration: layer ", l, " out of range"));
+
+  StageCheckpoint ckpt(checkpoint_dir, plan.fingerprint);
+  FM_ASSIGN_OR_RETURN(std::optional<nlohmann::json> state, ckpt.LoadState());
+  CalibrationReport report;
+  std::vector<std::unique_ptr<AdamW>> opts(L);
+  for (int64_t l : layers) {
+    branches[l].SetRequiresGrad(true);
+    opts[l] = std::make_unique<AdamW>(branches[l].Parameters(), AdamWSettings{});
+  }
+  int64_t start = 0;
+  double resumed_seconds = 0;
+  if (state) {
+    FM_ASSIGN_OR_RETURN(auto saved, ckpt.LoadFile(*state, "branches"));
+    FM_RETURN_IF_ERROR(LoadBranchTensors(branches, saved, ckpt.dir()));
+    report.error_before = (*state)["error_before"].get<std::vector<double>>();
+    start = (*state)["step"].get<int64_t>();
+    resumed_seconds = (*state).value("seconds", 0.0);
+    if ((*state).value("done", false)) {
+      for (int64_t l : layers) branches[l].SetRequiresGrad(false);
+      report.error_after = (*state)["error_after"].get<std::vector<double>>();
+      report.final_loss = (*state)["final_loss"].get<std::vector<double>>();
+      report.steps = start;
+      report.tokens = (*state)["tokens"].get<int64_t>();
+      report.seconds = resumed_seconds;
+      sink.OnProgress({Stage::kCalibration, "resume", start, plan.steps, 0, 0, {}, {},
+                       "calibration already complete (checkpoint)"});
+      return report;
+    }
+    FM_ASSIGN_OR_RETURN(auto opt_state, ckpt.LoadFile(*state, "optimizer"));
+    for (int64_t l : layers) {
+      std::vector<std::pair<std::string, at::Tensor>> mine;
+      const std::string prefix = StrCat("layer", l, ".");
+      for (const auto& [k, v] : opt_state)
+        if (k.rfind(prefix, 0) == 0) mine.emplace_back(k.substr(prefix.size()), v);
+      opts[l]->LoadState(mine);
+    }
+    report.tokens = (*state)["tokens"].get<int64_t>();
+  } else {
+    report.error_before = AlignmentErrors(teacher, branches, eval_ids);
+  }
+
+  report.final_loss.assign(L, 0.0);
+  auto save = [&](int64_t step, bool done) -> absl::Status {
+    nlohmann::json s = {{"step", step},
+                        {"done", done},
+                        {"tokens", report.tokens},
+                        {"error_before", report.error_before},
+                        {"final_loss", report.final_loss},
+                        {"seconds", report.seconds}};
+    if (done) s["error_after"] = report.error_after;
+    NamedTensorList opt_tensors;
+    for (int64_t l : layers)
+      for (auto& [k, v] : opts[l]->State()) opt_tensors.emplace_back(StrCat("layer", l, ".", k), v);
+    std::map<std::string, NamedTensorList> groups = {{"branches", BranchTensors(branches)}};
+    if (!done) groups["optimizer"] = opt_tensors;
+    return ckpt.Save(s, groups, step);
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return resumed_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  const double floor_lr = plan.learning_rate * plan.final_lr_fraction;
+  int64_t run_tokens = 0;
+  for (int64_t step = start; step < plan.steps; ++step) {
+    if (sink.CancelRequested()) {
+      report.seconds = elapsed();
+      FM_RETURN_IF_ERROR(save(step, false));
+      return absl::CancelledError(StrCat("calibration cancelled at step ", step));
+    }
+    FM_ASSIGN_OR_RETURN(at::Tensor ids, train_batch(step));
+    FM_ASSIGN_OR_RETURN(TeacherActivations acts, RunTeacher(teacher, ids));
+    const double lr = CosineLr(step, plan.steps, plan.learning_rate, floor_lr, plan.warmup_steps);
+    double mean_loss = 0;
+    for (int64_t l : layers) {
+      at::AutoGradMode grad_on(true);
+      at::Tensor out = branches[l].Forward(acts.inputs[l]);
+      at::Tensor loss = (out.to(at::kFloat) - acts.targets[l].to(at::kFloat)).pow(2).mean();
+      loss.backward();
+      opts[l]->Step(lr);
+      report.final_loss[l] = loss.item<double>();
+      mean_loss += report.final_loss[l] / static_cast<double>(layers.size());
+    }
+    report.tokens += ids.numel();
+    run_tokens += ids.numel();
+    ProgressEvent ev{Stage::kCalibration, "branches", step + 1, plan.steps, 0, 0, {}, {}, ""};
+    ev.elapsed_seconds = elapsed();
+    const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ev.tokens_per_second = run_seconds > 0 ? static_cast<double>(run_tokens) / run_seconds : 0;
+    ev.metrics = {{"mse", mean_loss}, {"lr", lr}};
+    sink.OnProgress(ev);
+    if (plan.checkpoint_every > 0 && (step + 1) % plan.checkpoint_every == 0 && step + 1 < plan.steps) {
+      report.seconds = elapsed();
+      FM_RETURN_IF_ERROR(save(step + 1, false));
+    }
+  }
+  for (int64_t l : layers) branches[l].SetRequiresGrad(false);
+  report.error_after = AlignmentErrors(teacher, branches, eval_ids);
+  report.steps = plan.steps;
+  report.seconds = elapsed();
+  FM_RETURN_IF_ERROR(save(plan.steps, true));
+  return report;
+}
+
+}  // namespace fm

@@ -1,0 +1,161 @@
+#include "worker/engine/morph/gate_optimization.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+
+#include "worker/engine/common/status_macros.h"
+#include "worker/engine/common/str_cat.h"
+#include "worker/engine/morph/morphable_model.h"
+#include "worker/engine/morph/optimizer.h"
+#include "worker/engine/morph/stage_checkpoint.h"
+
+namespace fm {
+namespace {
+
+// Positions that predict an answer token: t-1 for every masked t (docs/ENGINE.md §3).
+at::Tensor PredictingPositions(const at::Tensor& answer_mask) {
+  at::Tensor m = answer_mask.reshape({-1}).to(at::kBool);
+  at::Tensor shifted = at::zeros_like(m);
+  shifted.narrow(0, 0, m.size(0) - 1).copy_(m.narrow(0, 1, m.size(0) - 1));
+  return shifted.nonzero().reshape({-1});
+}
+
+absl::StatusOr<at::Tensor> TeacherAnswerHidden(const Decoder& teacher, const MaskedSample& s,
+                                               const at::Tensor& positions) {
+  at::NoGradGuard no_grad;
+  ForwardOptions opt;
+  opt.return_logits = false;
+  FM_ASSIGN_OR_RETURN(ForwardResult r, teacher.Forward(s.ids, opt));
+  return r.final_hidden[0].index_select(0, positions.to(r.final_hidden.device())).to(at::kFloat);
+}
+
+std::vector<double> ToVector(const at::Tensor& t) {
+  at::Tensor c = t.detach().to(at::kCPU, at::kDouble).contiguous().reshape({-1});
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+}  // namespace
+
+absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                            const at::Tensor& gates, const MaskedSample& sample) {
+  at::NoGradGuard no_grad;
+  at::Tensor pos = PredictingPositions(sample.answer_mask);
+  if (pos.numel() == 0) return absl::InvalidArgumentError("sample has no answer tokens");
+  FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, sample, pos));
+  MorphableModel model(&teacher, &branches);
+  at::Tensor x = model.Forward(sample.ids, GatedMixes(gates));
+  at::Tensor h = teacher.FinalNorm(x)[0].index_select(0, pos.to(x.device())).to(at::kFloat);
+  return (h - target).pow(2).mean().item<double>();
+}
+
+absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                         const GatePlan& plan, const MaskedSampleFn& samples,
+                                         const std::string& checkpoint_dir, ProgressSink& sink) {
+  const int64_t L = teacher.config().num_layers, H = teacher.config().num_heads;
+  const int64_t G = plan.head_level ? H : 1;
+  for (auto& b : branches) b.SetRequiresGrad(false);
+  at::Tensor gates = at::ones({L, G}, at::TensorOptions().dtype(at::kFloat).device(teacher.device()));
+  gates.requires_grad_(true);
+  AdamWSettings adam;
+  adam.grad_clip = 0;  // gates see small, well-scaled gradients; clipping would couple them
+  AdamW opt({gates}, adam);
+  MorphableModel model(&teacher, &branches);
+
+  StageCheckpoint ckpt(checkpoint_dir, plan.fingerprint);
+  FM_ASSIGN_OR_RETURN(std::optional<nlohmann::json> state, ckpt.LoadState());
+  GateReport report;
+  int64_t start = 0;
+  double resumed_seconds = 0;
+  if (state) {
+    FM_ASSIGN_OR_RETURN(auto saved, ckpt.LoadFile(*state, "gates"));
+    auto it = saved.find("gates");
+    if (it == saved.end() || it->second.sizes() != gates.sizes())
+      return absl::DataLossError(StrCat(ckpt.dir(), ": gate tensor missing or of the wrong shape"));
+    {
+      at::NoGradGuard no_grad;
+      gates.copy_(it->second);
+    }
+    std::vector<std::pair<std::string, at::Tensor>> opt_state;
+    for (const auto& [k, v] : saved)
+      if (k != "gates") opt_state.emplace_back(k, v);
+    opt.LoadState(opt_state);
+    start = (*state)["step"].get<int64_t>();
+    report.tokens = (*state)["tokens"].get<int64_t>();
+    report.history = (*state)["history"].get<std::vector<std::vector<double>>>();
+    report.distance = (*state).value("distance", 0.0);
+    report.penalty = (*state).value("penalty", 0.0);
+    resumed_seconds = (*state).value("seconds", 0.0);
+  }
+  auto save = [&](int64_t step) {
+    nlohmann::json s = {{"step", step},          {"done", step >= plan.steps}, {"tokens", report.tokens},
+                        {"history", report.history}, {"distance", report.distance}, {"penalty", report.penalty},
+                        {"seconds", report.seconds}, {"gates", ToVector(gates)}};
+    NamedTensorList t = {{"gates", gates}};
+    for (auto& kv : opt.State()) t.push_back(kv);
+    return ckpt.Save(s, {{"gates", t}}, step);
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return resumed_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  int64_t run_tokens = 0;
+  const double penalty_scale = plan.sparsity_lambda / static_cast<double>(G);
+  for (int64_t step = start; step < plan.steps; ++step) {
+    if (sink.CancelRequested()) {
+      report.seconds = elapsed();
+      FM_RETURN_IF_ERROR(save(step));
+      return absl::CancelledError(StrCat("gate optimisation cancelled at step ", step));
+    }
+    double distance = 0;
+    for (int64_t i = 0; i < plan.samples_per_step; ++i) {
+      FM_ASSIGN_OR_RETURN(MaskedSample s, samples(step * plan.samples_per_step + i));
+      at::Tensor pos = PredictingPositions(s.answer_mask).to(teacher.device());
+      if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", i, " has no answer tokens"));
+      FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
+      const double weight = 1.0 / static_cast<double>(plan.samples_per_step);
+      at::Tensor loss = model.ForwardBackward(
+          s.ids, GatedMixes(gates),
+          [&](const at::Tensor& x_last) {
+            at::Tensor h = teacher.FinalNorm(x_last)[0].index_select(0, pos).to(at::kFloat);
+            return (h - target).pow(2).mean() * weight;
+          },
+          plan.checkpointing);
+      distance += loss.item<double>();
+      report.tokens += s.ids.numel();
+      run_tokens += s.ids.numel();
+    }
+    // The sparsity term: d(λ/G·Σa)/da = λ/G for every gate.
+    gates.mutable_grad() = gates.grad().defined() ? gates.grad() + penalty_scale : at::full_like(gates, penalty_scale);
+    const double penalty = penalty_scale * gates.detach().sum().item<double>();
+    const double lr = CosineLr(step, plan.steps, plan.lr_start, plan.lr_end, plan.warmup_steps);
+    opt.Step(lr);
+    {
+      at::NoGradGuard no_grad;
+      gates.clamp_(0.0, 1.0);
+    }
+    report.distance = distance;
+    report.penalty = penalty;
+    std::vector<double> g = ToVector(gates);
+    if (plan.history_every > 0 && (step + 1) % plan.history_every == 0) report.history.push_back(g);
+    ProgressEvent ev{Stage::kSelection, "gates", step + 1, plan.steps, 0, 0, {}, g, ""};
+    ev.elapsed_seconds = elapsed();
+    const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ev.tokens_per_second = run_seconds > 0 ? static_cast<double>(run_tokens) / run_seconds : 0;
+    ev.metrics = {{"loss", distance + penalty}, {"distance", distance}, {"penalty", penalty}, {"lr", lr}};
+    sink.OnProgress(ev);
+    if (plan.checkpoint_every > 0 && (step + 1) % plan.checkpoint_every == 0 && step + 1 < plan.steps) {
+      report.seconds = elapsed();
+      FM_RETURN_IF_ERROR(save(step + 1));
+    }
+  }
+  report.gates = ToVector(gates);
+  report.steps = plan.steps;
+  report.seconds = elapsed();
+  if (!state || !(*state).value("done", false)) FM_RETURN_IF_ERROR(save(plan.steps));
+  return report;
+}
+
+}  // namespace fm

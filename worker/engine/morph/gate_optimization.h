@@ -1,0 +1,56 @@
+// Stage 2: gate optimisation (docs/ENGINE.md §2, §4). Every weight is frozen; only the gates a_l (or a_{l,h} for
+// the head-level method) train, on passkey samples: loss = mean over answer positions of the squared distance
+// between the morphable model's final hidden state and the teacher's, per dimension, + λ·Σa (head-level: λ·Σa/H).
+// AdamW, cosine LR from lr_start to lr_end, gates clamped to [0,1] after each step, activation checkpointing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/model/decoder.h"
+#include "worker/engine/morph/linear_branch.h"
+#include "worker/engine/morph/progress.h"
+
+namespace fm {
+
+// One passkey sample as tensors: ids [1, T] int64 and answer_mask [1, T] bool (true on answer tokens).
+struct MaskedSample {
+  at::Tensor ids, answer_mask;
+};
+using MaskedSampleFn = std::function<absl::StatusOr<MaskedSample>(int64_t index)>;
+
+struct GatePlan {
+  std::string fingerprint;  // settings that a resumed checkpoint must share (see StageCheckpoint)
+  int64_t steps = 0;
+  int64_t samples_per_step = 1;
+  double lr_start = 2e-2, lr_end = 2e-3;
+  int64_t warmup_steps = 0;
+  double sparsity_lambda = 0.1;
+  bool head_level = false;
+  bool checkpointing = true;
+  int64_t checkpoint_every = 50;
+  int64_t history_every = 10;  // keep the gate vector every N steps in the report
+};
+
+struct GateReport {
+  std::vector<double> gates;                 // final values, L (or L*H, layer-major)
+  std::vector<std::vector<double>> history;  // gate vectors every history_every steps
+  double distance = 0, penalty = 0;          // loss terms of the last step
+  int64_t steps = 0, tokens = 0;
+  double seconds = 0;
+};
+
+// The hidden-state distance term on one sample (gates given; no grad): used by tests and the NLL peer.
+absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                            const at::Tensor& gates, const MaskedSample& sample);
+
+absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                         const GatePlan& plan, const MaskedSampleFn& samples,
+                                         const std::string& checkpoint_dir, ProgressSink& sink);
+
+}  // namespace fm

@@ -1,0 +1,112 @@
+#include "worker/engine/morph/morphable_model.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <optional>
+
+namespace fm {
+
+std::vector<LayerMix> GatedMixes(const at::Tensor& gates) {
+  std::vector<LayerMix> mixes(gates.size(0));
+  for (int64_t l = 0; l < gates.size(0); ++l) {
+    mixes[l].mode = LayerMix::Mode::kGated;
+    mixes[l].gates = gates[l];
+  }
+  return mixes;
+}
+
+std::vector<LayerMix> LayoutMixes(const std::vector<std::vector<int64_t>>& full_heads, int64_t num_heads) {
+  std::vector<LayerMix> mixes(full_heads.size());
+  for (size_t l = 0; l < full_heads.size(); ++l) {
+    const int64_t n = static_cast<int64_t>(full_heads[l].size());
+    if (n == num_heads) {
+      mixes[l].mode = LayerMix::Mode::kFull;
+    } else if (n == 0) {
+      mixes[l].mode = LayerMix::Mode::kLinear;
+    } else {
+      std::vector<float> m(num_heads, 0.f);
+      for (int64_t h : full_heads[l]) m[h] = 1.f;
+      mixes[l].mode = LayerMix::Mode::kGated;
+      mixes[l].gates = at::tensor(m);
+    }
+  }
+  return mixes;
+}
+
+MorphableModel::MorphableModel(const Decoder* decoder, std::vector<LinearBranch>* branches)
+    : decoder_(decoder), branches_(branches) {}
+
+at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope,
+                                          const LayerMix& mix) const {
+  switch (mix.mode) {
+    case LayerMix::Mode::kFull: return decoder_->Attention(l, x, rope, nullptr);
+    case LayerMix::Mode::kLinear: return (*branches_)[l].Forward(x);
+    case LayerMix::Mode::kSlidingWindow:
+      return decoder_->AttentionOutProj(l, decoder_->AttentionHeads(l, x, rope, nullptr, mix.window));
+    case LayerMix::Mode::kGated: break;
+  }
+  const LinearBranch& branch = (*branches_)[l];
+  const DecoderLayerWeights& w = decoder_->weights().layers[l];
+  const int64_t H = decoder_->config().num_heads, D = decoder_->config().head_dim;
+  at::Tensor a = mix.gates.to(x.device(), at::kFloat).reshape({-1});
+  if (a.size(0) == 1) a = a.expand({H});
+  at::Tensor a_cols = a.repeat_interleave(D).to(x.scalar_type());  // [H*D]
+  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, nullptr);
+  at::Tensor la = branch.HeadOutputs(x);
+  at::Tensor out = at::linear(fa * a_cols, w.o_proj) + at::linear(la * (1 - a_cols), branch.o_proj());
+  if (w.o_bias.defined()) {
+    at::Tensor mean = a.mean().to(x.scalar_type());
+    out = out + mean * w.o_bias + (1 - mean) * branch.o_bias();
+  }
+  return out;
+}
+
+at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix) const {
+  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix);
+  return h + decoder_->Mlp(l, decoder_->PostAttentionNorm(l, h));
+}
+
+at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                                   std::vector<at::Tensor>* inputs) const {
+  std::optional<at::NoGradGuard> no_grad;
+  if (inputs) no_grad.emplace();
+  RopeTables rope = decoder_->Rope(0, ids.size(1));
+  at::Tensor x = decoder_->Embed(ids.to(decoder_->device()));
+  for (int64_t l = 0; l < static_cast<int64_t>(mixes.size()); ++l) {
+    if (inputs) inputs->push_back(x);
+    x = Layer(l, x, rope, mixes[l]);
+  }
+  return x;
+}
+
+at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                                           const std::function<at::Tensor(const at::Tensor&)>& loss_fn,
+                                           bool checkpointing) const {
+  at::AutoGradMode grad_on(true);
+  if (!checkpointing) {
+    at::Tensor loss = loss_fn(Forward(ids, mixes));
+    loss.backward();
+    return loss.detach();
+  }
+  std::vector<at::Tensor> inputs;
+  at::Tensor last = Forward(ids, mixes, &inputs).detach().requires_grad_(true);
+  at::Tensor loss = loss_fn(last);
+  loss.backward();
+  at::Tensor grad = last.grad();
+  RopeTables rope = decoder_->Rope(0, ids.size(1));
+  const bool embed_trains = decoder_->weights().embed_tokens.requires_grad();
+  for (int64_t l = static_cast<int64_t>(mixes.size()) - 1; l >= 0; --l) {
+    const bool need_input_grad = l > 0 || embed_trains;
+    at::Tensor x = inputs[l].detach().requires_grad_(need_input_grad);
+    at::Tensor y = Layer(l, x, rope, mixes[l]);
+    if (!y.requires_grad()) break;  // nothing below this layer trains
+    y.backward(grad);
+    if (need_input_grad) grad = x.grad();
+    inputs[l] = at::Tensor();
+  }
+  if (embed_trains) decoder_->Embed(ids.to(decoder_->device())).backward(grad);
+  return loss.detach();
+}
+
+}  // namespace fm

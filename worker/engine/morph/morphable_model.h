@@ -1,0 +1,60 @@
+// The morphable model of docs/ENGINE.md §2: the teacher decoder whose every layer can mix its softmax attention
+// with its linear-attention branch, per layer or per head, with gate values in [0,1] (stage 2), or run a fixed
+// hybrid layout (stages 3-4, evaluation). Backward() implements activation checkpointing by hand: the forward pass
+// keeps only each layer's input, and the backward pass recomputes one layer at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "worker/engine/model/decoder.h"
+#include "worker/engine/morph/linear_branch.h"
+
+namespace fm {
+
+// What layer l computes.
+struct LayerMix {
+  enum class Mode { kFull, kLinear, kSlidingWindow, kGated };
+  Mode mode = Mode::kFull;
+  at::Tensor gates;         // kGated: [H] values in [0,1] (may require grad)
+  int64_t window = 0;       // kSlidingWindow: softmax attention over the last `window` tokens
+};
+
+// Per-layer mixes from a [L, H] (or [L, 1], broadcast over heads) gate tensor.
+std::vector<LayerMix> GatedMixes(const at::Tensor& gates);
+// Per-layer mixes of a discrete layout: per layer the 0/1 head mask (all ones -> kFull, all zeros -> kLinear).
+std::vector<LayerMix> LayoutMixes(const std::vector<std::vector<int64_t>>& full_heads, int64_t num_heads);
+
+class MorphableModel {
+ public:
+  // `decoder` is the student's body (the teacher itself, or a copy whose weights train); not owned.
+  MorphableModel(const Decoder* decoder, std::vector<LinearBranch>* branches);
+
+  const Decoder& decoder() const { return *decoder_; }
+
+  // Attention block of layer l on the input-normed x, mixed as `mix` says.
+  at::Tensor MixedAttention(int64_t l, const at::Tensor& x_normed, const RopeTables& rope, const LayerMix& mix) const;
+  // One decoder layer (residual stream in -> out).
+  at::Tensor Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix) const;
+
+  // Residual stream after the last layer (before the final norm), without building an autograd graph when
+  // `keep_inputs` (the checkpointed forward: each layer's input is stored in `inputs`).
+  at::Tensor Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                     std::vector<at::Tensor>* inputs = nullptr) const;
+
+  // Forward + backward: loss = loss_fn(x_L), gradients accumulate into every leaf that requires grad (gates,
+  // branch parameters, decoder weights). With `checkpointing`, layers are recomputed one at a time.
+  // Returns the loss (detached).
+  at::Tensor ForwardBackward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                             const std::function<at::Tensor(const at::Tensor& x_last)>& loss_fn,
+                             bool checkpointing) const;
+
+ private:
+  const Decoder* decoder_;
+  std::vector<LinearBranch>* branches_;
+};
+
+}  // namespace fm
