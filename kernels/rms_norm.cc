@@ -1,6 +1,7 @@
 #include "kernels/rms_norm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #ifdef FLASHMORPH_CUDA
 #include "kernels/rms_norm_cuda.h"
@@ -16,7 +17,9 @@ at::Tensor RmsNormReference(const at::Tensor& x, const at::Tensor& weight, doubl
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 #ifdef FLASHMORPH_CUDA
-  if (x.is_cuda() && RmsNormCudaSupports(x, weight)) return RmsNormCuda(x, weight, eps);
+  // The fused kernel has no backward: anything that needs gradients takes the differentiable composition.
+  const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
+  if (!needs_grad && x.is_cuda() && RmsNormCudaSupports(x, weight)) return RmsNormCuda(x, weight, eps);
 #endif
   return RmsNormReference(x, weight, eps);
 }
