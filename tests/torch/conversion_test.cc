@@ -152,6 +152,30 @@ TEST(Conversion, PeersRunOnTheSameJob) {
   }
 }
 
+TEST(Conversion, NllWithSlidingWindowsAndPostTrainingEveryWeight) {
+  const std::string out = Fresh("nll_window_all");
+  ConversionOptions o = Tiny(out, SelectionMethod::kNll);
+  o.nll.ablation = NllSettings::Ablation::kSlidingWindow;
+  o.nll.sliding_window = 16;
+  o.post_training.train_all = true;
+  o.evaluation.enabled = false;
+  auto r = RunConversion(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto rec = nlohmann::json::parse(r->report_json);
+  EXPECT_EQ(rec["selection"]["ablation"], "sliding_window");
+  EXPECT_TRUE(rec["settings"]["post_training"]["train_all"].get<bool>());
+  // Training every weight changes the exported MLPs: they no longer equal the teacher's.
+  const std::string cmd = std::string(FM_PYTHON) + " -c \"import sys; from safetensors.torch import load_file; "
+                          "a = load_file(sys.argv[1]); b = load_file(sys.argv[2]); "
+                          "k = 'model.layers.0.mlp.up_proj.weight'; "
+                          "sys.exit(0 if (a[k].float() - b[k].float()).abs().max() > 0 else 1)\" " +
+                          out + "/model.safetensors " + kDemo + "/model.safetensors";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string parity = std::string(FM_PYTHON) + " " FM_SOURCE_DIR "/tests/python/check_export_parity.py " +
+                             out + " " + out + ".work/export_probe.safetensors --tol 1e-4";
+  EXPECT_EQ(std::system(parity.c_str()), 0) << parity;
+}
+
 TEST(Conversion, BadInputsFailWithTheRightStatus) {
   ConversionOptions o = Tiny(Fresh("bad"));
   o.model_path = "/nonexistent/model";

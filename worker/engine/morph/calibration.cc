@@ -59,12 +59,12 @@ absl::Status LoadBranchTensors(std::vector<LinearBranch>& branches, const std::m
 
 }  // namespace
 
-std::vector<double> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
-                                    const at::Tensor& ids) {
+absl::StatusOr<std::vector<double>> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const at::Tensor& ids) {
   at::NoGradGuard no_grad;
   std::vector<double> err(branches.size(), 0.0);
-  auto acts = RunTeacher(teacher, ids);
-  if (!acts.ok()) return err;
+  FM_ASSIGN_OR_RETURN(TeacherActivations acts_value, RunTeacher(teacher, ids));
+  const TeacherActivations* acts = &acts_value;
   for (size_t l = 0; l < branches.size(); ++l) {
     at::Tensor fa = acts->targets[l].to(at::kDouble);
     at::Tensor la = branches[l].Forward(acts->inputs[l]).to(at::kDouble);
@@ -121,7 +121,7 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
     }
     report.tokens = (*state)["tokens"].get<int64_t>();
   } else {
-    report.error_before = AlignmentErrors(teacher, branches, eval_ids);
+    FM_ASSIGN_OR_RETURN(report.error_before, AlignmentErrors(teacher, branches, eval_ids));
   }
 
   report.final_loss.assign(L, 0.0);
@@ -180,7 +180,7 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
     }
   }
   for (int64_t l : layers) branches[l].SetRequiresGrad(false);
-  report.error_after = AlignmentErrors(teacher, branches, eval_ids);
+  FM_ASSIGN_OR_RETURN(report.error_after, AlignmentErrors(teacher, branches, eval_ids));
   report.steps = plan.steps;
   report.seconds = elapsed();
   FM_RETURN_IF_ERROR(save(plan.steps, true));

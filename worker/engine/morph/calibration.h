@@ -39,8 +39,8 @@ struct CalibrationReport {
 };
 
 // Relative alignment error of every branch on `ids` (no grad).
-std::vector<double> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
-                                    const at::Tensor& ids);
+absl::StatusOr<std::vector<double>> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const at::Tensor& ids);
 
 absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                                     const CalibrationPlan& plan, const TokenBatchFn& train_batch,

@@ -87,7 +87,7 @@ struct EvaluationSettings {
 
 struct ConversionOptions {
   std::string model_path;  // HF directory or .gguf
-  std::string output_dir;  // the exported Hugging Face directory (created; must not exist or be empty)
+  std::string output_dir;  // the exported Hugging Face directory (written beside, then swapped in atomically)
   std::string work_dir;    // stage checkpoints (resume); default <output_dir>.work
   SelectionMethod method = SelectionMethod::kFlashMorph;
   std::vector<Budget> budgets = {Budget{}};  // the first one is exported; every one gets a layout

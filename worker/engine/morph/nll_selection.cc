@@ -52,10 +52,10 @@ absl::StatusOr<NllScores> ScoreLayersByNll(const Decoder& teacher, std::vector<L
     mixes[l] = LayerMix{};
     out.rise.push_back(nll - out.teacher_nll);
     out.tokens += sample_tokens;
-    ProgressEvent ev{Stage::kSelection, "nll", l + 1, L, 0, 0, {}, out.rise, ""};
+    ProgressEvent ev{Stage::kSelection, "nll", l + 1, L, 0, 0, {}, {}, ""};
     ev.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ev.tokens_per_second = ev.elapsed_seconds > 0 ? static_cast<double>(out.tokens) / ev.elapsed_seconds : 0;
-    ev.metrics = {{"nll", nll}, {"teacher_nll", out.teacher_nll}};
+    ev.metrics = {{"layer", static_cast<double>(l)}, {"nll", nll}, {"teacher_nll", out.teacher_nll}};
     sink.OnProgress(ev);
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
