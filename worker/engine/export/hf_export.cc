@@ -144,30 +144,12 @@ absl::Status ExportHybrid(const ExportRequest& r, const std::string& out_dir) {
   add("model.embed_tokens.weight", w.embed_tokens);
   const std::vector<LayerType> types = r.layout->LayerTypes();
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const DecoderLayerWeights& x = w.layers[l];
     const std::string p = StrCat("model.layers.", l, ".");
-    add(p + "input_layernorm.weight", x.input_norm);
-    if (types[l] != LayerType::kLinearAttention) {
-      add(p + "self_attn.q_proj.weight", x.q_proj);
-      add(p + "self_attn.q_proj.bias", x.q_bias);
-      add(p + "self_attn.k_proj.weight", x.k_proj);
-      add(p + "self_attn.k_proj.bias", x.k_bias);
-      add(p + "self_attn.v_proj.weight", x.v_proj);
-      add(p + "self_attn.v_proj.bias", x.v_bias);
-      add(p + "self_attn.o_proj.weight", x.o_proj);
-      add(p + "self_attn.o_proj.bias", x.o_bias);
-      add(p + "self_attn.q_norm.weight", x.q_norm);
-      add(p + "self_attn.k_norm.weight", x.k_norm);
-    }
+    // A linear layer has no softmax attention weights; a full one no branch (docs/ENGINE.md §5).
+    for (auto& [name, t] : NamedLayerTensors(const_cast<DecoderLayerWeights&>(w.layers[l])))
+      if (types[l] != LayerType::kLinearAttention || name.rfind("self_attn.", 0) != 0) add(p + name, *t);
     if (types[l] != LayerType::kFullAttention)
       for (auto& [name, t] : (*r.branches)[l].NamedTensors()) add(p + "linear_attn." + name, *t);
-    add(p + "post_attention_layernorm.weight", x.post_attention_norm);
-    add(p + "mlp.gate_proj.weight", x.gate_proj);
-    add(p + "mlp.gate_proj.bias", x.gate_bias);
-    add(p + "mlp.up_proj.weight", x.up_proj);
-    add(p + "mlp.up_proj.bias", x.up_bias);
-    add(p + "mlp.down_proj.weight", x.down_proj);
-    add(p + "mlp.down_proj.bias", x.down_bias);
   }
   add("model.norm.weight", w.final_norm);
   if (!c.tie_word_embeddings) add("lm_head.weight", w.lm_head);

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -31,6 +32,13 @@ struct DecoderWeights {
   at::Tensor final_norm;    // [d]
   at::Tensor lm_head;       // [V, d]; the same tensor as embed_tokens when tied
 };
+
+// Every defined tensor of a layer under its Hugging Face name relative to `model.layers.{l}.`, in checkpoint order
+// (input_layernorm, self_attn.*, post_attention_layernorm, mlp.*).
+std::vector<std::pair<std::string, at::Tensor*>> NamedLayerTensors(DecoderLayerWeights& layer);
+// Every defined tensor of the decoder under its full Hugging Face name, in checkpoint order (embeddings, layers,
+// final norm, lm_head unless tied).
+std::vector<std::pair<std::string, at::Tensor*>> NamedDecoderTensors(DecoderWeights& weights, bool tied);
 
 // Fills DecoderWeights from `get(hf_name)` (Hugging Face tensor names), asking only for the tensors the config has.
 using TensorGetter = std::function<absl::StatusOr<at::Tensor>(const std::string& hf_name)>;

@@ -13,38 +13,6 @@
 
 namespace fm {
 
-std::vector<std::pair<std::string, at::Tensor*>> NamedDecoderTensors(DecoderWeights& w, bool tied) {
-  std::vector<std::pair<std::string, at::Tensor*>> out = {{"model.embed_tokens.weight", &w.embed_tokens},
-                                                          {"model.norm.weight", &w.final_norm}};
-  if (!tied) out.emplace_back("lm_head.weight", &w.lm_head);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    DecoderLayerWeights& x = w.layers[l];
-    const std::string p = StrCat("model.layers.", l, ".");
-    std::vector<std::pair<std::string, at::Tensor*>> all = {
-        {"input_layernorm.weight", &x.input_norm},
-        {"self_attn.q_proj.weight", &x.q_proj},
-        {"self_attn.k_proj.weight", &x.k_proj},
-        {"self_attn.v_proj.weight", &x.v_proj},
-        {"self_attn.o_proj.weight", &x.o_proj},
-        {"self_attn.q_proj.bias", &x.q_bias},
-        {"self_attn.k_proj.bias", &x.k_bias},
-        {"self_attn.v_proj.bias", &x.v_bias},
-        {"self_attn.o_proj.bias", &x.o_bias},
-        {"self_attn.q_norm.weight", &x.q_norm},
-        {"self_attn.k_norm.weight", &x.k_norm},
-        {"post_attention_layernorm.weight", &x.post_attention_norm},
-        {"mlp.gate_proj.weight", &x.gate_proj},
-        {"mlp.up_proj.weight", &x.up_proj},
-        {"mlp.down_proj.weight", &x.down_proj},
-        {"mlp.gate_proj.bias", &x.gate_bias},
-        {"mlp.up_proj.bias", &x.up_bias},
-        {"mlp.down_proj.bias", &x.down_bias}};
-    for (auto& [n, t] : all)
-      if (t->defined()) out.emplace_back(p + n, t);
-  }
-  return out;
-}
-
 namespace {
 
 absl::StatusOr<at::Tensor> TeacherLogProbs(const Decoder& teacher, const at::Tensor& ids) {

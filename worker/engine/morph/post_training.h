@@ -43,7 +43,4 @@ absl::StatusOr<PostTrainReport> PostTrain(const Decoder& teacher, const Decoder&
                                           const MaskedSampleFn& long_samples, const std::string& checkpoint_dir,
                                           ProgressSink& sink);
 
-// Every trainable decoder tensor, by its Hugging Face name (for train_all and for checkpoints).
-std::vector<std::pair<std::string, at::Tensor*>> NamedDecoderTensors(DecoderWeights& w, bool tied);
-
 }  // namespace fm
