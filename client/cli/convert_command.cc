@@ -1,6 +1,9 @@
 #include "client/cli/convert_command.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <iostream>
 #include <memory>
 
 #include "client/cli/terminal_progress.h"
@@ -120,7 +123,7 @@ int RunConvert(ConvertArgs& a) {
   o.nll.ablation = a.nll_ablation == "window" ? NllSettings::Ablation::kSlidingWindow : NllSettings::Ablation::kBranch;
 
   TerminalProgress::InstallInterruptHandler();
-  TerminalProgress progress(stderr, a.quiet);
+  TerminalProgress progress(std::cerr, isatty(STDERR_FILENO) != 0, a.quiet);
   absl::StatusOr<ConversionResult> r = RunConversion(o, &progress);
   progress.Finish();
   if (!r.ok()) {

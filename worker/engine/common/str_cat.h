@@ -8,10 +8,17 @@
 #include <string_view>
 #include <type_traits>
 
+#include "absl/strings/string_view.h"
+
 namespace fm {
 namespace str_cat_internal {
 
 inline void Append(std::string& out, std::string_view s) { out.append(s.data(), s.size()); }
+#if !ABSL_USES_STD_STRING_VIEW
+// Debian's Abseil has its own string_view (absl::Status::message() returns it).
+inline void Append(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
+inline void Append(std::string& out, const std::string& s) { out.append(s); }
+#endif
 inline void Append(std::string& out, const char* s) { out.append(s ? s : "(null)"); }
 inline void Append(std::string& out, char c) { out.push_back(c); }
 inline void Append(std::string& out, bool b) { out.append(b ? "true" : "false"); }
