@@ -738,8 +738,10 @@ absl::StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRe
         auto* change = e.mutable_stage_change();
         change->set_previous(cur.job().stage());
         change->set_current(static_cast<v1::ConversionJob::Stage>(stage));
-        change->set_resumed_from_checkpoint(cur.job().stage() == v1::ConversionJob::STAGE_UNSPECIFIED &&
-                                            stage > v1::ConversionJob::LOAD && cur.has_checkpoint());
+        // The first stage past an earlier attempt's checkpoint is where this attempt resumed.
+        const auto& cp = cur.checkpoint();
+        change->set_resumed_from_checkpoint(cur.has_checkpoint() && cp.attempt() < cur.job().attempt() &&
+                                            cur.job().stage() <= cp.stage() && stage > cp.stage());
         events.push_back(std::move(e));
         next.mutable_job()->set_stage(static_cast<v1::ConversionJob::Stage>(stage));
       }
@@ -762,7 +764,9 @@ absl::StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRe
         events.push_back(std::move(e));
         if (metrics_) metrics_->SetWorkerTokensPerSecond(cur.job().worker(), request.progress().tokens_per_second());
       }
-      if (request.has_checkpoint_written()) {
+      // Checkpoints only move forward: an attempt that restores stages reports them again.
+      if (request.has_checkpoint_written() &&
+          (!cur.has_checkpoint() || request.checkpoint_written().stage() >= cur.checkpoint().stage())) {
         *next.mutable_checkpoint() = request.checkpoint_written();
         next.mutable_checkpoint()->set_attempt(cur.job().attempt());
         next.mutable_checkpoint()->set_worker_id(cur.job().worker());

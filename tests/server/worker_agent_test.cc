@@ -624,7 +624,7 @@ TEST_F(WorkerAgentTest, FailuresAreClassifiedUserErrorOrRetryable) {
       {absl::StatusCode::kOutOfRange, false},       {absl::StatusCode::kUnimplemented, false},
       {absl::StatusCode::kAlreadyExists, false},    {absl::StatusCode::kResourceExhausted, true},
       {absl::StatusCode::kUnavailable, true},       {absl::StatusCode::kInternal, true},
-      {absl::StatusCode::kUnknown, true},           {absl::StatusCode::kDataLoss, true},
+      {absl::StatusCode::kUnknown, true},           {absl::StatusCode::kDataLoss, false},
       {absl::StatusCode::kAborted, true},           {absl::StatusCode::kDeadlineExceeded, true}};
   for (const auto& [code, retryable] : cases) {
     EXPECT_EQ(IsRetryable(code), retryable) << absl::StatusCodeToString(code);

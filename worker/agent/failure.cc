@@ -15,6 +15,9 @@ bool IsRetryable(absl::StatusCode code) {
     case absl::StatusCode::kOutOfRange:
     case absl::StatusCode::kUnimplemented:
     case absl::StatusCode::kAlreadyExists:
+    // The engine reports corrupt input files (a truncated safetensors, a damaged GGUF) as DATA_LOSS: the user's
+    // checkpoint, not the machine, so another attempt would fail the same way.
+    case absl::StatusCode::kDataLoss:
       return false;
     default:
       return true;
