@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <thread>
+
+#include <grpcpp/generic/generic_stub.h>
 
 #include <gtest/gtest.h>
 
@@ -53,6 +56,26 @@ int RunShell(const std::string& command, std::string* output) {
 
 v1::ConversionSpec DemoSpec() { return SmallDemoSpec(5); }
 
+// grpc.health.v1.Health/Check (service "") through a generic stub: true when the answer is {status: SERVING}.
+bool HealthServing(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice empty_message(std::string{});
+  grpc::ByteBuffer request(&empty_message, 1);  // HealthCheckRequest{} serialises to no bytes
+  grpc::ByteBuffer response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  if (!done.get_future().get().ok()) return false;
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return bytes == std::string("\x08\x01", 2);
+}
+
 std::string CreateJob(v1::ConversionService::Stub& stub, const v1::ConversionSpec& spec, grpc::Status* status,
                       const std::string& token = "", const std::string& tenant = "") {
   grpc::ClientContext ctx;
@@ -65,10 +88,11 @@ std::string CreateJob(v1::ConversionService::Stub& stub, const v1::ConversionSpe
   return status->ok() ? "jobs/" + op.name().substr(11) : "";
 }
 
-TEST(ServerProcess, MetricsScrapePassesPromtoolAndCountsRequests) {
+TEST(ServerProcess, HealthIsServingAndTheMetricsScrapePassesPromtool) {
   const std::string root = MakeTempDir("fm-metrics");
   auto server = ServerProcess::Start({root + "/data", 0, {"--metrics-listen", "127.0.0.1:0"}}, root + "/server.log");
   ASSERT_GT(server->metrics_port(), 0);
+  EXPECT_TRUE(HealthServing(server->Channel()));
   auto stub = v1::ConversionService::NewStub(server->Channel());
   grpc::Status status;
   const std::string name = CreateJob(*stub, DemoSpec(), &status);
