@@ -56,6 +56,43 @@ int RunShell(const std::string& command, std::string* output) {
 
 v1::ConversionSpec DemoSpec() { return SmallDemoSpec(5); }
 
+// Server reflection's list_services through a generic bidi stream: the raw ServerReflectionResponse bytes.
+class ReflectionList final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit ReflectionList(const std::shared_ptr<grpc::Channel>& channel) : stub_(channel) {
+    context_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    // ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+    grpc::Slice slice(std::string("\x3a\x00", 2));
+    request_ = grpc::ByteBuffer(&slice, 1);
+    stub_.PrepareBidiStreamingCall(&context_, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                   grpc::StubOptions(), this);
+    StartWrite(&request_);
+    StartRead(&response_);
+    StartCall();
+  }
+  void OnWriteDone(bool) override { StartWritesDone(); }
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      std::vector<grpc::Slice> slices;
+      if (response_.Dump(&slices).ok()) {
+        for (const grpc::Slice& s : slices) bytes_.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+      StartRead(&response_);
+    }
+  }
+  void OnDone(const grpc::Status& status) override { done_.set_value(status); }
+  // Waits for the stream to end; returns its status.
+  grpc::Status Wait() { return done_.get_future().get(); }
+  const std::string& bytes() const { return bytes_; }
+
+ private:
+  grpc::GenericStub stub_;
+  grpc::ClientContext context_;
+  grpc::ByteBuffer request_, response_;
+  std::string bytes_;
+  std::promise<grpc::Status> done_;
+};
+
 // grpc.health.v1.Health/Check (service "") through a generic stub: true when the answer is {status: SERVING}.
 bool HealthServing(const std::shared_ptr<grpc::Channel>& channel) {
   grpc::GenericStub stub(channel);
@@ -88,11 +125,19 @@ std::string CreateJob(v1::ConversionService::Stub& stub, const v1::ConversionSpe
   return status->ok() ? "jobs/" + op.name().substr(11) : "";
 }
 
-TEST(ServerProcess, HealthIsServingAndTheMetricsScrapePassesPromtool) {
+TEST(ServerProcess, HealthReflectionAndAMetricsScrapeThatPassesPromtool) {
   const std::string root = MakeTempDir("fm-metrics");
   auto server = ServerProcess::Start({root + "/data", 0, {"--metrics-listen", "127.0.0.1:0"}}, root + "/server.log");
   ASSERT_GT(server->metrics_port(), 0);
   EXPECT_TRUE(HealthServing(server->Channel()));
+  {
+    ReflectionList reflection(server->Channel());
+    ASSERT_TRUE(reflection.Wait().ok());
+    for (const char* service : {"flashmorph.v1.ConversionService", "flashmorph.v1.WorkerService",
+                                "google.longrunning.Operations", "grpc.health.v1.Health"}) {
+      EXPECT_NE(reflection.bytes().find(service), std::string::npos) << service;
+    }
+  }
   auto stub = v1::ConversionService::NewStub(server->Channel());
   grpc::Status status;
   const std::string name = CreateJob(*stub, DemoSpec(), &status);
