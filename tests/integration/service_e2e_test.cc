@@ -34,8 +34,8 @@ struct Cluster {
     server = ServerProcess::Start({data, port, args}, root + "/server.log");
     stub = v1::ConversionService::NewStub(server->Channel());
   }
-  std::unique_ptr<ChildProcess> Worker(const std::string& id) {
-    return StartWorker(server->address(), id, root + "/work-" + id, root + "/" + id + ".log");
+  std::unique_ptr<ChildProcess> Worker(const std::string& id, std::vector<std::string> extra = {}) {
+    return StartWorker(server->address(), id, root + "/work-" + id, root + "/" + id + ".log", std::move(extra));
   }
   std::string Create(const v1::ConversionSpec& spec, grpc::Status* status = nullptr) {
     grpc::ClientContext ctx;
@@ -304,6 +304,35 @@ TEST(ServiceE2E, BadSpecAndBadCheckpointGetClearErrorsAndTheServerStaysHealthy) 
   EXPECT_NE(end.error().code(), grpc::StatusCode::OK);
   EXPECT_TRUE(c.Healthy());
   EXPECT_TRUE(worker->Running());
+}
+
+TEST(ServiceE2E, AWorkerWithoutTheSharedFilesystemUploadsItsArtifact) {
+  Cluster c;
+  c.StartServer();
+  auto worker = c.Worker("w-remote", {"--shared-filesystem", "false"});
+  v1::ConversionSpec spec = SmallDemoSpec(51);
+  spec.set_selection_method(v1::ConversionSpec::UNIFORM);
+  const std::string name = c.Create(spec);
+  Job end = WaitForJob(*c.stub, name, Terminal);
+  ASSERT_EQ(end.state(), Job::SUCCEEDED) << end.error().message() << c.Logs();
+  // The files came through UploadArtifact into the attempt folder, were promoted, and match their hashes.
+  grpc::ClientContext mctx;
+  v1::GetArtifactManifestRequest mreq;
+  mreq.set_job(name);
+  v1::ArtifactManifest manifest;
+  ASSERT_TRUE(c.stub->GetArtifactManifest(&mctx, mreq, &manifest).ok());
+  bool saw_weights = false;
+  for (const auto& f : manifest.files()) {
+    const std::string path = end.result().artifact_uri() + "/" + f.path();
+    const std::string bytes = ReadFile(path);
+    EXPECT_EQ(static_cast<int64_t>(bytes.size()), f.size_bytes()) << path;
+    EXPECT_EQ(Sha256Hex(bytes.data(), bytes.size()), f.sha256()) << path;
+    saw_weights |= f.path().find(".safetensors") != std::string::npos;
+  }
+  EXPECT_TRUE(saw_weights);
+  // Nothing was written by the worker into the server's attempt folders directly: its local work root has the
+  // attempt's outputs, the server's artifact the uploaded copy.
+  EXPECT_TRUE(std::filesystem::exists(c.root + "/work-w-remote"));
 }
 
 TEST(ServiceE2E, EmbeddedWorkersConvertAndARestartedWorkerPicksTheJobUpAgain) {
