@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "server/api/artifact_attempt_storage.h"
 #include "server/api/conversion_service.h"
 #include "server/api/metrics_interceptor.h"
 #include "server/api/operations_service.h"
@@ -24,32 +25,6 @@
 #include "worker/engine/common/str_cat.h"
 
 namespace fm::server {
-namespace {
-
-// The scheduler's view of the artifact store.
-class ArtifactAttemptStorage final : public AttemptStorage {
- public:
-  explicit ArtifactAttemptStorage(ArtifactStore* store) : store_(store) {}
-  absl::StatusOr<Paths> PrepareAttempt(std::string_view job_id, int attempt) override {
-    FM_ASSIGN_OR_RETURN(AttemptPaths p, store_->PrepareAttempt(job_id, attempt));
-    return Paths{p.output_dir, p.work_dir};
-  }
-  absl::StatusOr<flashmorph::v1::ArtifactManifest> Promote(std::string_view job_id, int attempt) override {
-    return store_->Promote(job_id, attempt);
-  }
-  absl::Status DiscardAttempt(std::string_view job_id, int attempt) override {
-    return store_->DiscardAttempt(job_id, attempt);
-  }
-  std::string ArtifactDir(std::string_view job_id) override {
-    return store_->root() + "/jobs/" + std::string(job_id) + "/artifact";
-  }
-
- private:
-  ArtifactStore* const store_;
-};
-
-}  // namespace
-
 struct FlashmorphServer::Parts {
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<SqliteJobStore> store;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 
+#include "worker/engine/common/errno_status.h"
 #include "worker/engine/common/str_cat.h"
 #include "worker/engine/formats/json_strict.h"
 
@@ -19,20 +20,7 @@ absl::StatusOr<std::string> RealPath(const std::string& path, std::string_view w
   std::unique_ptr<char, decltype(&std::free)> resolved(::realpath(path.c_str(), nullptr), &std::free);
   if (resolved != nullptr) return std::string(resolved.get());
   int err = errno;
-  std::string msg = StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    case ELOOP:
-    case ENAMETOOLONG:
-      return absl::InvalidArgumentError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
+  return PathErrnoStatus(err, StrCat(what, ": ", std::strerror(err)));
 }
 
 constexpr std::string_view kNoRoots =

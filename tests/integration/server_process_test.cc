@@ -19,6 +19,7 @@
 #include "flashmorph/v1/worker_service.grpc.pb.h"
 #include "google/longrunning/operations.grpc.pb.h"
 #include "tests/integration/service_processes.h"
+#include "tests/util/grpc_health_check.h"
 
 namespace fm::testing {
 namespace {
@@ -93,26 +94,10 @@ class ReflectionList final : public grpc::ClientBidiReactor<grpc::ByteBuffer, gr
   std::promise<grpc::Status> done_;
 };
 
-// grpc.health.v1.Health/Check (service "") through a generic stub: true when the answer is {status: SERVING}.
 bool HealthServing(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Slice empty_message(std::string{});
-  grpc::ByteBuffer request(&empty_message, 1);  // HealthCheckRequest{} serialises to no bytes
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  if (!done.get_future().get().ok()) return false;
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (response.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return bytes == std::string("\x08\x01", 2);
+  bool serving = false;
+  return HealthCheck(channel, &serving).ok() && serving;
 }
-
 std::string CreateJob(v1::ConversionService::Stub& stub, const v1::ConversionSpec& spec, grpc::Status* status,
                       const std::string& token = "", const std::string& tenant = "") {
   grpc::ClientContext ctx;

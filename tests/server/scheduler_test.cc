@@ -27,6 +27,7 @@
 #include "server/artifacts/artifact_store.h"
 #include "server/metrics/server_metrics.h"
 #include "server/scheduler/clock.h"
+#include "server/api/artifact_attempt_storage.h"
 #include "server/scheduler/scheduler.h"
 #include "server/scheduler/watch_hub.h"
 #include "server/store/sqlite_job_store.h"
@@ -43,28 +44,6 @@ namespace {
 
 namespace v1 = ::flashmorph::v1;
 using Job = v1::ConversionJob;
-
-// The adapter flashmorphd uses (server/api/flashmorph_server.cc).
-class ArtifactAttemptStorage final : public AttemptStorage {
- public:
-  explicit ArtifactAttemptStorage(ArtifactStore* store) : store_(store) {}
-  absl::StatusOr<Paths> PrepareAttempt(std::string_view job_id, int attempt) override {
-    FM_ASSIGN_OR_RETURN(AttemptPaths p, store_->PrepareAttempt(job_id, attempt));
-    return Paths{p.output_dir, p.work_dir};
-  }
-  absl::StatusOr<v1::ArtifactManifest> Promote(std::string_view job_id, int attempt) override {
-    return store_->Promote(job_id, attempt);
-  }
-  absl::Status DiscardAttempt(std::string_view job_id, int attempt) override {
-    return store_->DiscardAttempt(job_id, attempt);
-  }
-  std::string ArtifactDir(std::string_view job_id) override {
-    return store_->root() + "/jobs/" + std::string(job_id) + "/artifact";
-  }
-
- private:
-  ArtifactStore* const store_;
-};
 
 absl::Time TimeOf(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());

@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "server/auth/tls.h"
+#include "tests/util/grpc_health_check.h"
 
 namespace fm::server {
 namespace {
@@ -68,7 +69,7 @@ class Certs {
  private:
   static inline Certs* instance_ = nullptr;
   Certs() {
-    std::string templ = (fs::path(testing::TempDir()) / "fm_tls_XXXXXX").string();
+    std::string templ = (fs::path(::testing::TempDir()) / "fm_tls_XXXXXX").string();
     if (::mkdtemp(templ.data()) == nullptr) return;
     dir = templ;
     std::ofstream(Path("openssl.cnf")) << kOpensslConfig;
@@ -121,32 +122,9 @@ class HealthServer {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// grpc.health.v1.Health/Check with an empty HealthCheckRequest (service ""). Returns the RPC status; on OK,
-// `serving` says whether the response is {status: SERVING} (field 1, varint 1).
+// grpc.health.v1.Health/Check over a channel with `creds`.
 grpc::Status Check(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds, bool* serving) {
-  auto channel = grpc::CreateChannel(address, std::move(creds));
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  grpc::Slice empty_message(std::string{});
-  grpc::ByteBuffer request(&empty_message, 1);  // HealthCheckRequest{} serialises to no bytes
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  grpc::Status status = done.get_future().get();
-  *serving = false;
-  if (status.ok()) {
-    std::string bytes;
-    if (response.Length() > 0) {
-      std::vector<grpc::Slice> slices;
-      if (response.Dump(&slices).ok()) {
-        for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-      }
-    }
-    *serving = bytes == std::string("\x08\x01", 2);
-  }
-  return status;
+  return fm::testing::HealthCheck(grpc::CreateChannel(address, std::move(creds)), serving);
 }
 
 std::shared_ptr<grpc::ChannelCredentials> ClientCreds(const std::string& ca, const std::string& cert,

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "worker/engine/common/errno_status.h"
 
 namespace fm {
 
@@ -18,20 +19,7 @@ absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::st
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
-    std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-    switch (err) {
-      case ENOENT:
-      case ENOTDIR:
-        return absl::NotFoundError(msg);
-      case EACCES:
-      case EPERM:
-        return absl::PermissionDeniedError(msg);
-      case ENAMETOOLONG:
-      case ELOOP:
-        return absl::InvalidArgumentError(msg);
-      default:
-        return absl::InternalError(msg);
-    }
+    return PathErrnoStatus(err, absl::StrCat(path, ": cannot open: ", std::strerror(err)));
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
