@@ -9,6 +9,11 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#ifdef FLASHMORPH_CUDA
+#include "kernels/linear_attention_cuda.h"
+#endif
 
 namespace fm::kernels {
 namespace {
@@ -34,15 +39,15 @@ void CheckFloating(const char* op, const char* name, const at::Tensor& t, const 
   TORCH_CHECK(t.device() == q.device(), op, ": ", name, " is on ", t.device(), " but q is on ", q.device());
 }
 
-Inputs Prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-               const at::Tensor* beta, const at::Tensor& initial_state) {
+// Checks ranks, sizes, devices and dtypes; fills the sizes of `in`.
+void Validate(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+              const at::Tensor* beta, const at::Tensor& initial_state, Inputs& in) {
   TORCH_CHECK(q.defined(), op, ": q is undefined");
   CheckFloating(op, "q", q, q);
   CheckFloating(op, "k", k, q);
   CheckFloating(op, "v", v, q);
   CheckFloating(op, "g", g, q);
   TORCH_CHECK(q.dim() == 4, op, ": q must be [B, H, T, Dk], got ", q.sizes());
-  Inputs in;
   in.B = q.size(0), in.H = q.size(1), in.T = q.size(2), in.Dk = q.size(3);
   TORCH_CHECK(k.dim() == 4 && k.sizes() == q.sizes(), op, ": k must be [B, H, T, Dk] = ", q.sizes(), " like q, got ",
               k.sizes());
@@ -60,14 +65,22 @@ Inputs Prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const a
     TORCH_CHECK(scalar_g || in.per_channel, op,
                 ": g must be [B, H, T] or [B, H, T, Dk] with [B, H, T, Dk] = ", q.sizes(), ", got ", g.sizes());
   }
-  const at::ScalarType compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::TensorOptions options = q.options().dtype(compute);
   if (initial_state.defined()) {
     CheckFloating(op, "initial_state", initial_state, q);
     TORCH_CHECK(initial_state.dim() == 4 && initial_state.size(0) == in.B && initial_state.size(1) == in.H &&
                     initial_state.size(2) == in.Dk && initial_state.size(3) == in.Dv,
                 op, ": initial_state must be [B, H, Dk, Dv] = [", in.B, ", ", in.H, ", ", in.Dk, ", ", in.Dv, "], got ",
                 initial_state.sizes());
+  }
+}
+
+Inputs Prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+               const at::Tensor* beta, const at::Tensor& initial_state) {
+  Inputs in;
+  Validate(op, q, k, v, g, beta, initial_state, in);
+  const at::ScalarType compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::TensorOptions options = q.options().dtype(compute);
+  if (initial_state.defined()) {
     in.state = initial_state.to(compute);
   } else {
     in.state = at::zeros({in.B, in.H, in.Dk, in.Dv}, options);
@@ -156,9 +169,9 @@ at::Tensor PerChannelScores(const at::Tensor& q, const at::Tensor& k, const at::
 
 }  // namespace
 
-LinearAttentionResult GatedLinearAttentionChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                  const at::Tensor& g, const at::Tensor& initial_state,
-                                                  int64_t chunk_size) {
+LinearAttentionResult GatedLinearAttentionChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& g,
+                                                           const at::Tensor& initial_state, int64_t chunk_size) {
   constexpr const char* kOp = "GatedLinearAttentionChunked";
   TORCH_CHECK(chunk_size >= 1, kOp, ": chunk_size must be >= 1, got ", chunk_size);
   const Inputs in = Prepare(kOp, q, k, v, g, nullptr, initial_state);
@@ -194,8 +207,9 @@ LinearAttentionResult GatedLinearAttentionChunked(const at::Tensor& q, const at:
   return {FromChunks(out, in.T).to(in.out_dtype), S};
 }
 
-LinearAttentionResult GatedLinearAttentionRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                    const at::Tensor& g, const at::Tensor& initial_state) {
+LinearAttentionResult GatedLinearAttentionRecurrentReference(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, const at::Tensor& g,
+                                                             const at::Tensor& initial_state) {
   const Inputs in = Prepare("GatedLinearAttentionRecurrent", q, k, v, g, nullptr, initial_state);
   if (in.T == 0) return EmptyResult(in);
   // Decay factors for every step at once: [B, H, T, Dk, 1] or [B, H, T, 1, 1].
@@ -211,9 +225,9 @@ LinearAttentionResult GatedLinearAttentionRecurrent(const at::Tensor& q, const a
   return {at::stack(outs, 2).to(in.out_dtype), S};
 }
 
-LinearAttentionResult GatedDeltaRuleChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            const at::Tensor& g, const at::Tensor& beta,
-                                            const at::Tensor& initial_state, int64_t chunk_size) {
+LinearAttentionResult GatedDeltaRuleChunkedReference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const at::Tensor& g, const at::Tensor& beta,
+                                                     const at::Tensor& initial_state, int64_t chunk_size) {
   constexpr const char* kOp = "GatedDeltaRuleChunked";
   TORCH_CHECK(chunk_size >= 1, kOp, ": chunk_size must be >= 1, got ", chunk_size);
   const Inputs in = Prepare(kOp, q, k, v, g, &beta, initial_state);
@@ -258,9 +272,9 @@ LinearAttentionResult GatedDeltaRuleChunked(const at::Tensor& q, const at::Tenso
   return {FromChunks(out, in.T).to(in.out_dtype), S};
 }
 
-LinearAttentionResult GatedDeltaRuleRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                              const at::Tensor& g, const at::Tensor& beta,
-                                              const at::Tensor& initial_state) {
+LinearAttentionResult GatedDeltaRuleRecurrentReference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& g, const at::Tensor& beta,
+                                                       const at::Tensor& initial_state) {
   const Inputs in = Prepare("GatedDeltaRuleRecurrent", q, k, v, g, &beta, initial_state);
   if (in.T == 0) return EmptyResult(in);
   at::Tensor decay = in.g.exp().unsqueeze(-1).unsqueeze(-1);  // [B, H, T, 1, 1]
@@ -278,6 +292,68 @@ LinearAttentionResult GatedDeltaRuleRecurrent(const at::Tensor& q, const at::Ten
     outs.push_back(at::matmul(qs[t].unsqueeze(-2), S).squeeze(-2));
   }
   return {at::stack(outs, 2).to(in.out_dtype), S};
+}
+
+// Dispatch: the CUDA kernels for supported CUDA inputs (validated here first), the references elsewhere.
+namespace {
+
+[[maybe_unused]] bool NeedsGrad(std::initializer_list<const at::Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts) {
+    if (t != nullptr && t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+LinearAttentionResult GatedLinearAttentionChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& g, const at::Tensor& initial_state,
+                                                  int64_t chunk_size) {
+#ifdef FLASHMORPH_CUDA
+  Inputs in;
+  Validate("GatedLinearAttentionChunked", q, k, v, g, nullptr, initial_state, in);
+  TORCH_CHECK(chunk_size >= 1, "GatedLinearAttentionChunked: chunk_size must be >= 1, got ", chunk_size);
+  if (LinearAttentionCudaSupports(q, k, v)) return GatedLinearAttentionCuda(q, k, v, g, initial_state);
+#endif
+  return GatedLinearAttentionChunkedReference(q, k, v, g, initial_state, chunk_size);
+}
+
+LinearAttentionResult GatedLinearAttentionRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    const at::Tensor& g, const at::Tensor& initial_state) {
+#ifdef FLASHMORPH_CUDA
+  Inputs in;
+  Validate("GatedLinearAttentionRecurrent", q, k, v, g, nullptr, initial_state, in);
+  if (in.T > 0 && RecurrentCudaSupports(q, k, v) && !NeedsGrad({&q, &k, &v, &g, &initial_state})) {
+    return GatedLinearAttentionRecurrentCuda(q, k, v, g, initial_state);
+  }
+#endif
+  return GatedLinearAttentionRecurrentReference(q, k, v, g, initial_state);
+}
+
+LinearAttentionResult GatedDeltaRuleChunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& g, const at::Tensor& beta,
+                                            const at::Tensor& initial_state, int64_t chunk_size) {
+#ifdef FLASHMORPH_CUDA
+  Inputs in;
+  Validate("GatedDeltaRuleChunked", q, k, v, g, &beta, initial_state, in);
+  TORCH_CHECK(chunk_size >= 1, "GatedDeltaRuleChunked: chunk_size must be >= 1, got ", chunk_size);
+  if (LinearAttentionCudaSupports(q, k, v)) return GatedDeltaRuleCuda(q, k, v, g, beta, initial_state);
+#endif
+  return GatedDeltaRuleChunkedReference(q, k, v, g, beta, initial_state, chunk_size);
+}
+
+LinearAttentionResult GatedDeltaRuleRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& g, const at::Tensor& beta,
+                                              const at::Tensor& initial_state) {
+#ifdef FLASHMORPH_CUDA
+  Inputs in;
+  Validate("GatedDeltaRuleRecurrent", q, k, v, g, &beta, initial_state, in);
+  if (in.T > 0 && RecurrentCudaSupports(q, k, v) && !NeedsGrad({&q, &k, &v, &g, &beta, &initial_state})) {
+    return GatedDeltaRuleRecurrentCuda(q, k, v, g, beta, initial_state);
+  }
+#endif
+  return GatedDeltaRuleRecurrentReference(q, k, v, g, beta, initial_state);
 }
 
 }  // namespace fm::kernels

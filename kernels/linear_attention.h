@@ -1,8 +1,9 @@
 // Linear-attention core ops (docs/ENGINE.md §1 "Recurrence"): gated linear attention (scalar or per-key-channel
 // decay) and the gated delta rule, each as a chunked form (training, prefill) and a token-by-token recurrent form
-// (decoding). Plain ATen compositions: they run on any device and are differentiable through autograd; they are the
-// references that fused kernels are tested against. The chunked and recurrent forms compute the same outputs and
-// final state, so prefill (chunked) followed by decoding (recurrent) equals one pass.
+// (decoding). On supported CUDA inputs (bf16, heads <= 128; see linear_attention_cuda.h) the ops run the fused
+// sm_90 kernels; elsewhere, and as `*Reference`, plain ATen compositions that run on any device, are differentiable
+// through autograd and are what the kernels are tested against. The chunked and recurrent forms compute the same
+// outputs and final state, so prefill (chunked) followed by decoding (recurrent) equals one pass.
 //
 // Layout [B, H, T, D]: q, k [B, H, T, Dk]; v [B, H, T, Dv]; q is already scaled by the caller. Log decays g <= 0.
 // initial_state [B, H, Dk, Dv] (key x value; any floating dtype) or an undefined tensor (= zeros).
@@ -42,5 +43,19 @@ LinearAttentionResult GatedDeltaRuleChunked(const at::Tensor& q, const at::Tenso
 LinearAttentionResult GatedDeltaRuleRecurrent(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               const at::Tensor& g, const at::Tensor& beta,
                                               const at::Tensor& initial_state);
+
+// The ATen compositions behind the ops above, on any device (same contracts).
+LinearAttentionResult GatedLinearAttentionChunkedReference(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& g,
+                                                           const at::Tensor& initial_state, int64_t chunk_size = 64);
+LinearAttentionResult GatedLinearAttentionRecurrentReference(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, const at::Tensor& g,
+                                                             const at::Tensor& initial_state);
+LinearAttentionResult GatedDeltaRuleChunkedReference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const at::Tensor& g, const at::Tensor& beta,
+                                                     const at::Tensor& initial_state, int64_t chunk_size = 64);
+LinearAttentionResult GatedDeltaRuleRecurrentReference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& g, const at::Tensor& beta,
+                                                       const at::Tensor& initial_state);
 
 }  // namespace fm::kernels

@@ -87,8 +87,8 @@ TEST(Conversion, FlashMorphEndToEndWritesACompleteExport) {
   EXPECT_EQ(r->layouts[1].kept.size(), 1u);
   EXPECT_EQ(r->layouts[0].scores.size(), 8u);
   for (double g : r->layouts[0].scores) EXPECT_TRUE(g >= 0 && g <= 1) << g;
-  for (const char* stage : {"load", "calibration", "selection", "discretization", "post_training", "evaluation",
-                            "export"})
+  for (const char* stage :
+       {"load", "calibration", "selection", "discretization", "post_training", "evaluation", "export"})
     EXPECT_TRUE(sink.stages_.count(stage)) << stage;
   EXPECT_EQ(sink.last_gates_.size(), 8u);
   ASSERT_TRUE(r->evaluation.has_value());
@@ -132,6 +132,23 @@ TEST(Conversion, SameSeedSameLayoutAndResumeAfterCancel) {
   EXPECT_EQ(ra->calibration_error_after, rb->calibration_error_after);
 }
 
+// Cancelled in the middle of calibration: the resumed run loads the branch weights into the tensors its optimisers
+// update and ends with the uninterrupted run's calibrated branches and gates.
+TEST(Conversion, ResumeInTheMiddleOfCalibration) {
+  const std::string a = Fresh("calib_a"), b = Fresh("calib_b");
+  auto ra = RunConversion(Tiny(a));
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  CancelAfter cancel(2);
+  auto cancelled = RunConversion(Tiny(b), &cancel);
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled) << cancelled.status();
+  EXPECT_TRUE(fs::exists(b + ".work/calibration/state.json"));
+  EXPECT_FALSE(fs::exists(b + ".work/gates/state.json")) << "the cancel must land inside calibration";
+  auto rb = RunConversion(Tiny(b));
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_EQ(ra->calibration_error_after, rb->calibration_error_after);
+  EXPECT_EQ(ra->layouts[0].scores, rb->layouts[0].scores);
+}
+
 TEST(Conversion, PeersRunOnTheSameJob) {
   for (SelectionMethod m : {SelectionMethod::kUniform, SelectionMethod::kNll, SelectionMethod::kHead}) {
     const std::string out = Fresh(std::string(SelectionMethodName(m)));
@@ -165,14 +182,15 @@ TEST(Conversion, NllWithSlidingWindowsAndPostTrainingEveryWeight) {
   EXPECT_EQ(rec["selection"]["ablation"], "sliding_window");
   EXPECT_TRUE(rec["settings"]["post_training"]["train_all"].get<bool>());
   // Training every weight changes the exported MLPs: they no longer equal the teacher's.
-  const std::string cmd = std::string(FM_PYTHON) + " -c \"import sys; from safetensors.torch import load_file; "
+  const std::string cmd = std::string(FM_PYTHON) +
+                          " -c \"import sys; from safetensors.torch import load_file; "
                           "a = load_file(sys.argv[1]); b = load_file(sys.argv[2]); "
                           "k = 'model.layers.0.mlp.up_proj.weight'; "
                           "sys.exit(0 if (a[k].float() - b[k].float()).abs().max() > 0 else 1)\" " +
                           out + "/model.safetensors " + kDemo + "/model.safetensors";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  const std::string parity = std::string(FM_PYTHON) + " " FM_SOURCE_DIR "/tests/python/check_export_parity.py " +
-                             out + " " + out + ".work/export_probe.safetensors --tol 1e-4";
+  const std::string parity = std::string(FM_PYTHON) + " " FM_SOURCE_DIR "/tests/python/check_export_parity.py " + out +
+                             " " + out + ".work/export_probe.safetensors --tol 1e-4";
   EXPECT_EQ(std::system(parity.c_str()), 0) << parity;
 }
 

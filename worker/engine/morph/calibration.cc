@@ -51,8 +51,9 @@ absl::Status LoadBranchTensors(std::vector<LinearBranch>& branches, const std::m
       if (it == saved.end()) return absl::DataLossError(StrCat(where, ": tensor ", key, " is missing"));
       if (it->second.sizes() != t->sizes())
         return absl::DataLossError(StrCat(where, ": tensor ", key, " has the wrong shape"));
-      const bool grad = t->requires_grad();
-      *t = it->second.to(t->device(), t->scalar_type()).detach().requires_grad_(grad);
+      // In place: the optimisers built before the load hold these very tensors.
+      const at::NoGradGuard no_grad;
+      t->copy_(it->second);
     }
   return absl::OkStatus();
 }
@@ -73,6 +74,37 @@ absl::StatusOr<std::vector<double>> AlignmentErrors(const Decoder& teacher, std:
   return err;
 }
 
+std::vector<std::unique_ptr<AdamW>> CalibrationOptimizers(std::vector<LinearBranch>& branches,
+                                                          const std::vector<int64_t>& layers) {
+  std::vector<std::unique_ptr<AdamW>> opts(branches.size());
+  for (int64_t l : layers) {
+    branches[l].SetRequiresGrad(true);
+    opts[l] = std::make_unique<AdamW>(branches[l].Parameters(), AdamWSettings{});
+  }
+  return opts;
+}
+
+absl::StatusOr<std::vector<double>> CalibrationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const std::vector<int64_t>& layers,
+                                                    const std::vector<std::unique_ptr<AdamW>>& optimizers,
+                                                    const at::Tensor& ids, double lr) {
+  for (int64_t l : layers)
+    if (l < 0 || l >= static_cast<int64_t>(branches.size()) || l >= static_cast<int64_t>(optimizers.size()) ||
+        !optimizers[l])
+      return absl::InvalidArgumentError(StrCat("calibration step: layer ", l, " has no branch or optimiser"));
+  FM_ASSIGN_OR_RETURN(TeacherActivations acts, RunTeacher(teacher, ids));
+  std::vector<double> losses;
+  for (int64_t l : layers) {
+    at::AutoGradMode grad_on(true);
+    at::Tensor out = branches[l].Forward(acts.inputs[l]);
+    at::Tensor loss = (out.to(at::kFloat) - acts.targets[l].to(at::kFloat)).pow(2).mean();
+    loss.backward();
+    optimizers[l]->Step(lr);
+    losses.push_back(loss.item<double>());
+  }
+  return losses;
+}
+
 absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                                     const CalibrationPlan& plan, const TokenBatchFn& train_batch,
                                                     const at::Tensor& eval_ids, const std::string& checkpoint_dir,
@@ -87,11 +119,7 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
   StageCheckpoint ckpt(checkpoint_dir, plan.fingerprint);
   FM_ASSIGN_OR_RETURN(std::optional<nlohmann::json> state, ckpt.LoadState());
   CalibrationReport report;
-  std::vector<std::unique_ptr<AdamW>> opts(L);
-  for (int64_t l : layers) {
-    branches[l].SetRequiresGrad(true);
-    opts[l] = std::make_unique<AdamW>(branches[l].Parameters(), AdamWSettings{});
-  }
+  std::vector<std::unique_ptr<AdamW>> opts = CalibrationOptimizers(branches, layers);
   int64_t start = 0;
   double resumed_seconds = 0;
   if (state) {
@@ -107,7 +135,14 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
       report.steps = start;
       report.tokens = (*state)["tokens"].get<int64_t>();
       report.seconds = resumed_seconds;
-      sink.OnProgress({Stage::kCalibration, "resume", start, plan.steps, 0, 0, {}, {},
+      sink.OnProgress({Stage::kCalibration,
+                       "resume",
+                       start,
+                       plan.steps,
+                       0,
+                       0,
+                       {},
+                       {},
                        "calibration already complete (checkpoint)"});
       return report;
     }
@@ -154,17 +189,12 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
       return absl::CancelledError(StrCat("calibration cancelled at step ", step));
     }
     FM_ASSIGN_OR_RETURN(at::Tensor ids, train_batch(step));
-    FM_ASSIGN_OR_RETURN(TeacherActivations acts, RunTeacher(teacher, ids));
     const double lr = CosineLr(step, plan.steps, plan.learning_rate, floor_lr, plan.warmup_steps);
+    FM_ASSIGN_OR_RETURN(std::vector<double> losses, CalibrationStep(teacher, branches, layers, opts, ids, lr));
     double mean_loss = 0;
-    for (int64_t l : layers) {
-      at::AutoGradMode grad_on(true);
-      at::Tensor out = branches[l].Forward(acts.inputs[l]);
-      at::Tensor loss = (out.to(at::kFloat) - acts.targets[l].to(at::kFloat)).pow(2).mean();
-      loss.backward();
-      opts[l]->Step(lr);
-      report.final_loss[l] = loss.item<double>();
-      mean_loss += report.final_loss[l] / static_cast<double>(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      report.final_loss[layers[i]] = losses[i];
+      mean_loss += losses[i] / static_cast<double>(layers.size());
     }
     report.tokens += ids.numel();
     run_tokens += ids.numel();

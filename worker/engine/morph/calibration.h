@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "worker/engine/model/decoder.h"
 #include "worker/engine/morph/linear_branch.h"
+#include "worker/engine/morph/optimizer.h"
 #include "worker/engine/morph/progress.h"
 
 namespace fm {
@@ -41,6 +43,20 @@ struct CalibrationReport {
 // Relative alignment error of every branch on `ids` (no grad).
 absl::StatusOr<std::vector<double>> AlignmentErrors(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                                     const at::Tensor& ids);
+
+// The stage's optimiser setup: makes the branches of `layers` trainable and gives each its own AdamW (default
+// settings). The result is indexed by layer (null for layers not in `layers`).
+std::vector<std::unique_ptr<AdamW>> CalibrationOptimizers(std::vector<LinearBranch>& branches,
+                                                          const std::vector<int64_t>& layers);
+
+// One step of the stage, as CalibrateBranches runs it (and bench/gateopt_bench.cc times it): one teacher forward on
+// `ids` (no grad) feeds every layer in `layers`; branch l's loss MSE(LA_l(x_l), FA_l(x_l)) is backpropagated into its
+// parameters and optimizers[l] takes one AdamW step with learning rate `lr`. Returns the losses, one per entry of
+// `layers`; INVALID_ARGUMENT for a layer without a branch or optimiser, or ids the teacher rejects.
+absl::StatusOr<std::vector<double>> CalibrationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const std::vector<int64_t>& layers,
+                                                    const std::vector<std::unique_ptr<AdamW>>& optimizers,
+                                                    const at::Tensor& ids, double lr);
 
 absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                                     const CalibrationPlan& plan, const TokenBatchFn& train_batch,

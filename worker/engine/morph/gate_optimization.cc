@@ -50,18 +50,55 @@ absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<
   return (h - target).pow(2).mean().item<double>();
 }
 
+GateState::GateState(const Decoder& teacher, bool head_level)
+    : gates(at::ones({teacher.config().num_layers, head_level ? teacher.config().num_heads : 1},
+                     at::TensorOptions().dtype(at::kFloat).device(teacher.device()))
+                .requires_grad_(true)),
+      optimizer({gates}, AdamWSettings{.grad_clip = 0}) {}
+
+absl::StatusOr<GateStepResult> GateOptimizationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const GatePlan& plan, const std::vector<MaskedSample>& samples,
+                                                    double lr, GateState& state) {
+  if (samples.empty()) return absl::InvalidArgumentError("gate optimisation step: no samples");
+  at::Tensor& gates = state.gates;
+  const int64_t G = gates.size(1);
+  const double penalty_scale = plan.sparsity_lambda / static_cast<double>(G);
+  MorphableModel model(&teacher, &branches);
+  GateStepResult result;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const MaskedSample& s = samples[i];
+    at::Tensor pos = PredictingPositions(s.answer_mask).to(teacher.device());
+    if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", i, " has no answer tokens"));
+    FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
+    const double weight = 1.0 / static_cast<double>(samples.size());
+    at::Tensor loss = model.ForwardBackward(
+        s.ids, GatedMixes(gates),
+        [&](const at::Tensor& x_last) {
+          at::Tensor h = teacher.FinalNorm(x_last)[0].index_select(0, pos).to(at::kFloat);
+          return (h - target).pow(2).mean() * weight;
+        },
+        plan.checkpointing);
+    result.distance += loss.item<double>();
+    result.tokens += s.ids.numel();
+  }
+  // The sparsity term: d(λ/G·Σa)/da = λ/G for every gate.
+  gates.mutable_grad() = gates.grad().defined() ? gates.grad() + penalty_scale : at::full_like(gates, penalty_scale);
+  result.penalty = penalty_scale * gates.detach().sum().item<double>();
+  state.optimizer.Step(lr);
+  {
+    at::NoGradGuard no_grad;
+    gates.clamp_(0.0, 1.0);
+  }
+  return result;
+}
+
 absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                          const GatePlan& plan, const MaskedSampleFn& samples,
                                          const std::string& checkpoint_dir, ProgressSink& sink) {
-  const int64_t L = teacher.config().num_layers, H = teacher.config().num_heads;
-  const int64_t G = plan.head_level ? H : 1;
   for (auto& b : branches) b.SetRequiresGrad(false);
-  at::Tensor gates = at::ones({L, G}, at::TensorOptions().dtype(at::kFloat).device(teacher.device()));
-  gates.requires_grad_(true);
-  AdamWSettings adam;
-  adam.grad_clip = 0;  // gates see small, well-scaled gradients; clipping would couple them
-  AdamW opt({gates}, adam);
-  MorphableModel model(&teacher, &branches);
+  GateState gate_state(teacher, plan.head_level);
+  at::Tensor& gates = gate_state.gates;
+  AdamW& opt = gate_state.optimizer;
 
   StageCheckpoint ckpt(checkpoint_dir, plan.fingerprint);
   FM_ASSIGN_OR_RETURN(std::optional<nlohmann::json> state, ckpt.LoadState());
@@ -102,49 +139,30 @@ absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<Lin
     return resumed_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
   int64_t run_tokens = 0;
-  const double penalty_scale = plan.sparsity_lambda / static_cast<double>(G);
   for (int64_t step = start; step < plan.steps; ++step) {
     if (sink.CancelRequested()) {
       report.seconds = elapsed();
       FM_RETURN_IF_ERROR(save(step));
       return absl::CancelledError(StrCat("gate optimisation cancelled at step ", step));
     }
-    double distance = 0;
+    std::vector<MaskedSample> step_samples;
     for (int64_t i = 0; i < plan.samples_per_step; ++i) {
       FM_ASSIGN_OR_RETURN(MaskedSample s, samples(step * plan.samples_per_step + i));
-      at::Tensor pos = PredictingPositions(s.answer_mask).to(teacher.device());
-      if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", i, " has no answer tokens"));
-      FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
-      const double weight = 1.0 / static_cast<double>(plan.samples_per_step);
-      at::Tensor loss = model.ForwardBackward(
-          s.ids, GatedMixes(gates),
-          [&](const at::Tensor& x_last) {
-            at::Tensor h = teacher.FinalNorm(x_last)[0].index_select(0, pos).to(at::kFloat);
-            return (h - target).pow(2).mean() * weight;
-          },
-          plan.checkpointing);
-      distance += loss.item<double>();
-      report.tokens += s.ids.numel();
-      run_tokens += s.ids.numel();
+      step_samples.push_back(std::move(s));
     }
-    // The sparsity term: d(λ/G·Σa)/da = λ/G for every gate.
-    gates.mutable_grad() = gates.grad().defined() ? gates.grad() + penalty_scale : at::full_like(gates, penalty_scale);
-    const double penalty = penalty_scale * gates.detach().sum().item<double>();
     const double lr = CosineLr(step, plan.steps, plan.lr_start, plan.lr_end, plan.warmup_steps);
-    opt.Step(lr);
-    {
-      at::NoGradGuard no_grad;
-      gates.clamp_(0.0, 1.0);
-    }
-    report.distance = distance;
-    report.penalty = penalty;
+    FM_ASSIGN_OR_RETURN(GateStepResult r, GateOptimizationStep(teacher, branches, plan, step_samples, lr, gate_state));
+    report.tokens += r.tokens;
+    run_tokens += r.tokens;
+    report.distance = r.distance;
+    report.penalty = r.penalty;
     std::vector<double> g = ToVector(gates);
     if (plan.history_every > 0 && (step + 1) % plan.history_every == 0) report.history.push_back(g);
     ProgressEvent ev{Stage::kSelection, "gates", step + 1, plan.steps, 0, 0, {}, g, ""};
     ev.elapsed_seconds = elapsed();
     const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ev.tokens_per_second = run_seconds > 0 ? static_cast<double>(run_tokens) / run_seconds : 0;
-    ev.metrics = {{"loss", distance + penalty}, {"distance", distance}, {"penalty", penalty}, {"lr", lr}};
+    ev.metrics = {{"loss", r.distance + r.penalty}, {"distance", r.distance}, {"penalty", r.penalty}, {"lr", lr}};
     sink.OnProgress(ev);
     if (plan.checkpoint_every > 0 && (step + 1) % plan.checkpoint_every == 0 && step + 1 < plan.steps) {
       report.seconds = elapsed();

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "worker/engine/model/decoder.h"
 #include "worker/engine/morph/linear_branch.h"
+#include "worker/engine/morph/optimizer.h"
 #include "worker/engine/morph/progress.h"
 
 namespace fm {
@@ -44,6 +45,31 @@ struct GateReport {
   int64_t steps = 0, tokens = 0;
   double seconds = 0;
 };
+
+// The trainable state of the stage: gates [L, 1] (or [L, H] for head-level), float32 on the teacher's device, init 1,
+// requiring grad; and their AdamW (no gradient clipping: gates see small, well-scaled gradients; clipping would couple
+// them).
+struct GateState {
+  GateState(const Decoder& teacher, bool head_level);
+  at::Tensor gates;
+  AdamW optimizer;
+};
+
+struct GateStepResult {
+  double distance = 0;  // hidden-state term, averaged over the step's samples
+  double penalty = 0;   // λ/G·Σa before the update
+  int64_t tokens = 0;
+};
+
+// One step of the stage, as OptimizeGates runs it (and bench/gateopt_bench.cc times it): per sample, the teacher's
+// final hidden states at the answer-predicting positions (no grad), then the morphable model's forward + backward
+// (activation checkpointing when plan.checkpointing) with loss weight 1/samples.size(); then the sparsity gradient
+// λ/G, one AdamW update with learning rate `lr`, and the clamp to [0,1]. The branches must be frozen (OptimizeGates
+// freezes them), else their gradients are computed too. INVALID_ARGUMENT for no samples or a sample without answer
+// tokens.
+absl::StatusOr<GateStepResult> GateOptimizationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const GatePlan& plan, const std::vector<MaskedSample>& samples,
+                                                    double lr, GateState& state);
 
 // The hidden-state distance term on one sample (gates given; no grad): used by tests and the NLL peer.
 absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<LinearBranch>& branches,

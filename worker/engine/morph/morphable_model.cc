@@ -5,6 +5,10 @@
 
 #include <optional>
 
+#ifdef FLASHMORPH_CUDA
+#include "kernels/linear_attention_cuda.h"
+#endif
+
 namespace fm {
 
 std::vector<LayerMix> GatedMixes(const at::Tensor& gates) {
@@ -40,21 +44,35 @@ MorphableModel::MorphableModel(const Decoder* decoder, std::vector<LinearBranch>
 at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope,
                                           const LayerMix& mix) const {
   switch (mix.mode) {
-    case LayerMix::Mode::kFull: return decoder_->Attention(l, x, rope, nullptr);
-    case LayerMix::Mode::kLinear: return (*branches_)[l].Forward(x);
+    case LayerMix::Mode::kFull:
+      return decoder_->Attention(l, x, rope, nullptr);
+    case LayerMix::Mode::kLinear:
+      return (*branches_)[l].Forward(x);
     case LayerMix::Mode::kSlidingWindow:
       return decoder_->AttentionOutProj(l, decoder_->AttentionHeads(l, x, rope, nullptr, mix.window));
-    case LayerMix::Mode::kGated: break;
+    case LayerMix::Mode::kGated:
+      break;
   }
   const LinearBranch& branch = (*branches_)[l];
   const DecoderLayerWeights& w = decoder_->weights().layers[l];
   const int64_t H = decoder_->config().num_heads, D = decoder_->config().head_dim;
   at::Tensor a = mix.gates.to(x.device(), at::kFloat).reshape({-1});
   if (a.size(0) == 1) a = a.expand({H});
-  at::Tensor a_cols = a.repeat_interleave(D).to(x.scalar_type());  // [H*D]
   at::Tensor fa = decoder_->AttentionHeads(l, x, rope, nullptr);
   at::Tensor la = branch.HeadOutputs(x);
-  at::Tensor out = at::linear(fa * a_cols, w.o_proj) + at::linear(la * (1 - a_cols), branch.o_proj());
+  at::Tensor out;
+#ifdef FLASHMORPH_CUDA
+  // bf16 on the GPU: one fused kernel scales both sides per head into [a * fa, (1 - a) * la] and a single GEMM
+  // applies the concatenated output projections (same sum, one launch instead of four).
+  if (fa.is_cuda() && fa.scalar_type() == at::kBFloat16 && la.scalar_type() == at::kBFloat16 &&
+      fa.sizes() == la.sizes() && D % 2 == 0) {
+    out = at::linear(kernels::GateMixCuda(fa, la, a, H), at::cat({w.o_proj, branch.o_proj()}, 1));
+  }
+#endif
+  if (!out.defined()) {
+    at::Tensor a_cols = a.repeat_interleave(D).to(x.scalar_type());  // [H*D]
+    out = at::linear(fa * a_cols, w.o_proj) + at::linear(la * (1 - a_cols), branch.o_proj());
+  }
   if (w.o_bias.defined()) {
     at::Tensor mean = a.mean().to(x.scalar_type());
     out = out + mean * w.o_bias + (1 - mean) * branch.o_bias();

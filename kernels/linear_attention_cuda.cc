@@ -1,0 +1,355 @@
+// ATen glue for the CUDA linear-attention kernels: validation, padding to whole chunks and 64/128-wide heads,
+// allocation on the current stream, and torch::autograd::Function wrappers. The math lives in kernels/cuda/*.cu.
+#include "kernels/linear_attention_cuda.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <vector>
+
+#include "kernels/cuda/linear_attention_launch.h"
+
+namespace fm::kernels {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace kc = fm::kernels::cuda;
+
+void Check(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, ": CUDA error ", cudaGetErrorString(err));
+}
+
+__nv_bfloat16* Bf(const at::Tensor& t) { return reinterpret_cast<__nv_bfloat16*>(t.data_ptr()); }
+const __nv_bfloat16* CBf(const at::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
+const float* CF(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+int64_t PaddedHead(int64_t d) { return d <= 64 ? 64 : 128; }
+
+// Pads dim `dim` of x with zeros up to `size` (x is returned unchanged when it already has it).
+at::Tensor PadDim(const at::Tensor& x, int64_t dim, int64_t size) {
+  if (x.size(dim) == size) return x;
+  std::vector<int64_t> pad(2 * (x.dim() - dim), 0);
+  pad.back() = size - x.size(dim);  // pairs run from the last dim backwards: the final pair is `dim`'s
+  return at::constant_pad_nd(x, pad, 0);
+}
+
+// Inputs of one call in the kernels' shapes: [B*H, Tp, Dkp] etc., contiguous, bf16 (g, beta fp32).
+struct Padded {
+  int64_t B = 0, H = 0, T = 0, Dk = 0, Dv = 0, Tp = 0, Dkp = 0, Dvp = 0;
+  bool per_channel = false;
+  at::Tensor q, k, v, g, beta, state;
+  kc::ChunkProblem Problem() const {
+    return {static_cast<int>(B * H), static_cast<int>(Tp), static_cast<int>(Dkp), static_cast<int>(Dvp), per_channel};
+  }
+};
+
+Padded Pad(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor* beta,
+           const at::Tensor& state) {
+  Padded p;
+  p.B = q.size(0), p.H = q.size(1), p.T = q.size(2), p.Dk = q.size(3), p.Dv = v.size(3);
+  p.per_channel = g.dim() == 4;
+  const int64_t chunk = kc::ChunkFor(p.per_channel);
+  p.Tp = (p.T + chunk - 1) / chunk * chunk;
+  p.Dkp = PaddedHead(p.Dk), p.Dvp = PaddedHead(p.Dv);
+  auto rows = [&](const at::Tensor& x, int64_t d, int64_t dp) {
+    return PadDim(PadDim(x.to(at::kBFloat16), 3, dp), 2, p.Tp).contiguous().view({p.B * p.H, p.Tp, dp});
+  };
+  p.q = rows(q, p.Dk, p.Dkp);
+  p.k = rows(k, p.Dk, p.Dkp);
+  p.v = rows(v, p.Dv, p.Dvp);
+  at::Tensor gf = g.to(at::kFloat);
+  if (p.per_channel) {
+    p.g = PadDim(PadDim(gf, 3, p.Dkp), 2, p.Tp).contiguous().view({p.B * p.H, p.Tp, p.Dkp});
+  } else {
+    p.g = PadDim(gf, 2, p.Tp).contiguous().view({p.B * p.H, p.Tp});
+  }
+  if (beta) p.beta = PadDim(beta->to(at::kFloat), 2, p.Tp).contiguous().view({p.B * p.H, p.Tp});
+  if (state.defined()) {
+    p.state = PadDim(PadDim(state.to(at::kFloat), 2, p.Dkp), 3, p.Dvp).contiguous();
+  }
+  return p;
+}
+
+// [B*H, Tp, Dp] -> [B, H, T, D] in `dtype`.
+at::Tensor Unpad(const at::Tensor& x, const Padded& p, int64_t d, at::ScalarType dtype) {
+  return x.view({p.B, p.H, p.Tp, x.size(2)}).narrow(2, 0, p.T).narrow(3, 0, d).to(dtype);
+}
+at::Tensor UnpadState(const at::Tensor& s, const Padded& p) {
+  return s.view({p.B, p.H, p.Dkp, p.Dvp}).narrow(2, 0, p.Dk).narrow(3, 0, p.Dv).contiguous();
+}
+
+cudaStream_t Stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// torch::autograd::Function::apply needs defined tensors: "no initial state" travels as an empty tensor.
+at::Tensor StateArg(const at::Tensor& s, const at::Tensor& q) {
+  return s.defined() ? s : at::empty({0}, q.options().dtype(at::kFloat));
+}
+at::Tensor StateOrUndefined(const at::Tensor& s) { return s.numel() == 0 ? at::Tensor() : s; }
+
+struct GlaForwardOut {
+  at::Tensor out, final_state, chunk_states;  // padded shapes
+};
+
+GlaForwardOut GlaForward(const Padded& p) {
+  const kc::ChunkProblem prob = p.Problem();
+  const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
+  GlaForwardOut r;
+  r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+  r.final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+  r.out = at::empty({p.B * p.H, p.Tp, p.Dvp}, p.q.options());
+  Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(r.chunk_states),
+                               r.final_state.data_ptr<float>(), Stream()),
+        "GlaStateScan");
+  Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(r.chunk_states), Bf(r.out), Stream()),
+        "GlaOutput");
+  return r;
+}
+
+// dg from dgamma ([B*H, Tp] or [B*H, Tp, Dkp]): reverse cumulative sum over T after adding <S_T, dS_T> at T - 1.
+at::Tensor DecayGrad(const Padded& p, at::Tensor dgamma, const at::Tensor& final_state, const at::Tensor& grad_final) {
+  if (p.per_channel) {
+    dgamma = dgamma.view({p.B, p.H, p.Tp, p.Dkp}).narrow(2, 0, p.T).narrow(3, 0, p.Dk).contiguous();
+  } else {
+    dgamma = dgamma.view({p.B, p.H, p.Tp}).narrow(2, 0, p.T).contiguous();
+  }
+  if (grad_final.defined()) {
+    at::Tensor sd = final_state * grad_final.to(at::kFloat);  // [B, H, Dk, Dv]
+    at::Tensor term = p.per_channel ? sd.sum(-1) : sd.sum({-2, -1});
+    dgamma.select(2, p.T - 1).add_(term);
+  }
+  if (!p.per_channel) return dgamma.flip(2).cumsum(2).flip(2);  // a scan along the last (contiguous) axis
+  Check(kc::LaunchReverseCumsum(dgamma.data_ptr<float>(), p.B * p.H, p.T, p.Dk, Stream()), "ReverseCumsum");
+  return dgamma;
+}
+
+class GlaFunction : public torch::autograd::Function<GlaFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& g, const at::Tensor& initial_state) {
+    const c10::cuda::CUDAGuard guard(q.device());
+    ctx->set_materialize_grads(false);
+    const Padded p = Pad(q, k, v, g, nullptr, StateOrUndefined(initial_state));
+    GlaForwardOut f = GlaForward(p);
+    ctx->save_for_backward({q, k, v, g, initial_state});
+    at::Tensor final_state = UnpadState(f.final_state, p);
+    return {Unpad(f.out, p, p.Dv, q.scalar_type()), final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3];
+    const at::Tensor initial_state = StateOrUndefined(saved[4]);
+    const c10::cuda::CUDAGuard guard(q.device());
+    const Padded p = Pad(q, k, v, g, nullptr, initial_state);
+    const kc::ChunkProblem prob = p.Problem();
+    at::Tensor grad_out = grads[0], grad_final = grads[1];
+    if (!grad_out.defined()) grad_out = at::zeros({p.B, p.H, p.T, p.Dv}, q.options());
+    at::Tensor dout = PadDim(PadDim(grad_out.to(at::kBFloat16), 3, p.Dvp), 2, p.Tp).contiguous();
+    at::Tensor dfinal;
+    if (grad_final.defined()) dfinal = PadDim(PadDim(grad_final.to(at::kFloat), 2, p.Dkp), 3, p.Dvp).contiguous();
+
+    // States entering each chunk (recomputed), gradients of the states leaving each chunk (reverse scan).
+    const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
+    at::Tensor states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+    at::Tensor dstates = at::empty_like(states);
+    at::Tensor final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+    at::Tensor dinitial = at::empty_like(final_state);
+    Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(states),
+                                 final_state.data_ptr<float>(), Stream()),
+          "GlaStateScan");
+    Check(kc::LaunchGlaStateScan(prob, true, CBf(p.q), CBf(dout), CF(p.g), CF(dfinal), Bf(dstates),
+                                 dinitial.data_ptr<float>(), Stream()),
+          "GlaStateScan(reverse)");
+    at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
+    at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
+    Check(kc::LaunchGlaGrad(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CBf(states), CBf(dstates), Bf(dq),
+                            Bf(dk), Bf(dv), dgamma.data_ptr<float>(), Stream()),
+          "GlaGrad");
+    at::Tensor dg;
+    if (g.requires_grad()) {
+      at::Tensor fs = final_state.narrow(2, 0, p.Dk).narrow(3, 0, p.Dv);
+      at::Tensor df = dfinal.defined() ? dfinal.narrow(2, 0, p.Dk).narrow(3, 0, p.Dv) : at::Tensor();
+      dg = DecayGrad(p, dgamma, fs, df).to(g.scalar_type());
+    }
+    at::Tensor dinit;
+    if (initial_state.defined() && initial_state.requires_grad()) {
+      dinit = UnpadState(dinitial, p).to(initial_state.scalar_type());
+    }
+    return {Unpad(dq, p, p.Dk, q.scalar_type()), Unpad(dk, p, p.Dk, k.scalar_type()),
+            Unpad(dv, p, p.Dv, v.scalar_type()), dg, dinit};
+  }
+};
+
+// Gated delta rule forward on the kernels (no autograd).
+LinearAttentionResult GdnForward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                 const at::Tensor& beta, const at::Tensor& initial_state) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const Padded p = Pad(q, k, v, g, &beta, initial_state);
+  const kc::ChunkProblem prob = p.Problem();
+  const int64_t N = p.Tp / kc::kChunkScalarDecay;
+  at::Tensor w = at::empty_like(p.k), u = at::empty_like(p.v), corrected = at::empty_like(p.v);
+  at::Tensor states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+  at::Tensor final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+  at::Tensor out = at::empty_like(p.v);
+  Check(kc::LaunchGdnPrepare(prob, CBf(p.k), CBf(p.v), CF(p.g), CF(p.beta), Bf(w), Bf(u), Stream()), "GdnPrepare");
+  Check(kc::LaunchGdnStateScan(prob, CBf(p.k), CBf(w), CBf(u), CF(p.g), CF(p.state), Bf(states), Bf(corrected),
+                               final_state.data_ptr<float>(), Stream()),
+        "GdnStateScan");
+  Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(corrected), CF(p.g), CBf(states), Bf(out), Stream()),
+        "GdnOutput");
+  return {Unpad(out, p, p.Dv, q.scalar_type()), UnpadState(final_state, p)};
+}
+
+class GdnFunction : public torch::autograd::Function<GdnFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+    ctx->save_for_backward({q, k, v, g, beta, initial_state});
+    LinearAttentionResult r = GdnForward(q, k, v, g, beta, StateOrUndefined(initial_state));
+    return {r.output, r.final_state};
+  }
+
+  // Recomputes through the ATen reference with autograd and differentiates that.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::AutoGradMode enable(true);
+    std::vector<at::Tensor> inputs;
+    saved[5] = StateOrUndefined(saved[5]);
+    for (size_t i = 0; i < saved.size(); ++i) {
+      at::Tensor x = saved[i];
+      if (x.defined()) x = x.detach().requires_grad_(at::isFloatingType(x.scalar_type()));
+      inputs.push_back(x);
+    }
+    LinearAttentionResult r =
+        GatedDeltaRuleChunkedReference(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]);
+    std::vector<at::Tensor> outs, gouts, wrt;
+    if (grads[0].defined()) outs.push_back(r.output), gouts.push_back(grads[0]);
+    if (grads[1].defined()) outs.push_back(r.final_state), gouts.push_back(grads[1].to(r.final_state.scalar_type()));
+    variable_list result(6);
+    if (outs.empty()) return result;
+    std::vector<size_t> index;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].defined()) wrt.push_back(inputs[i]), index.push_back(i);
+    }
+    variable_list got = torch::autograd::grad(outs, wrt, gouts, /*retain_graph=*/false, /*create_graph=*/false,
+                                              /*allow_unused=*/true);
+    for (size_t i = 0; i < index.size(); ++i) {
+      if (got[i].defined()) result[index[i]] = got[i].to(saved[index[i]].scalar_type());
+    }
+    return result;
+  }
+};
+
+class GateMixFunction : public torch::autograd::Function<GateMixFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& full, const at::Tensor& linear,
+                               const at::Tensor& a, int64_t heads) {
+    const c10::cuda::CUDAGuard guard(full.device());
+    at::Tensor f = full.contiguous(), l = linear.contiguous(), af = a.to(at::kFloat).contiguous();
+    const int64_t width = f.size(-1), rows = f.numel() / width, D = width / heads;
+    std::vector<int64_t> shape(f.sizes().begin(), f.sizes().end());
+    shape.back() = 2 * width;
+    at::Tensor out = at::empty(shape, f.options());
+    Check(kc::LaunchGateMix(rows, static_cast<int>(heads), static_cast<int>(D), CBf(f), CBf(l), af.data_ptr<float>(),
+                            Bf(out), Stream()),
+          "GateMix");
+    ctx->save_for_backward({f, l, af});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["a_dtype"] = static_cast<int64_t>(a.scalar_type());
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &f = saved[0], &l = saved[1], &af = saved[2];
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    const auto a_dtype = static_cast<at::ScalarType>(ctx->saved_data["a_dtype"].toInt());
+    const c10::cuda::CUDAGuard guard(f.device());
+    at::Tensor dy = grads[0].to(at::kBFloat16).contiguous();
+    const int64_t width = f.size(-1), rows = f.numel() / width, D = width / heads;
+    at::Tensor d_full = at::empty_like(f), d_linear = at::empty_like(l);
+    at::Tensor d_a = at::empty({heads}, af.options());
+    Check(kc::LaunchGateMixBackward(rows, static_cast<int>(heads), static_cast<int>(D), CBf(f), CBf(l),
+                                    af.data_ptr<float>(), CBf(dy), Bf(d_full), Bf(d_linear), d_a.data_ptr<float>(),
+                                    Stream()),
+          "GateMixBackward");
+    return {d_full, d_linear, d_a.to(a_dtype), at::Tensor()};
+  }
+};
+
+void CheckRecurrentInputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(RecurrentCudaSupports(q, k, v), "recurrent CUDA kernel: unsupported inputs");
+}
+
+LinearAttentionResult RecurrentCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                    const at::Tensor* beta, const at::Tensor& initial_state) {
+  CheckRecurrentInputs(q, k, v);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  const at::ScalarType dt = q.scalar_type();
+  at::Tensor qc = q.contiguous(), kk = k.to(dt).contiguous(), vc = v.to(dt).contiguous();
+  at::Tensor gc = g.to(at::kFloat).contiguous();
+  at::Tensor bc = beta ? beta->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor state = initial_state.defined() ? initial_state.to(at::kFloat).clone(at::MemoryFormat::Contiguous)
+                                             : at::zeros({B, H, Dk, Dv}, q.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({B, H, T, Dv}, q.options());
+  Check(
+      kc::LaunchRecurrentStep(static_cast<int>(B * H), static_cast<int>(T), static_cast<int>(Dk), static_cast<int>(Dv),
+                              g.dim() == 4, dt == at::kBFloat16, qc.data_ptr(), kk.data_ptr(), vc.data_ptr(),
+                              gc.data_ptr<float>(), CF(bc), state.data_ptr<float>(), out.data_ptr(), Stream()),
+      "Recurrent");
+  return {out, state};
+}
+
+}  // namespace
+
+bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return q.defined() && q.is_cuda() && q.dim() == 4 && v.dim() == 4 && q.size(2) > 0 &&
+         q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 &&
+         q.size(3) <= 128 && v.size(3) <= 128 && q.size(0) * q.size(1) * ((q.size(2) + 63) / 64 * 64) < (1LL << 31);
+}
+
+LinearAttentionResult GatedLinearAttentionCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& g, const at::Tensor& initial_state) {
+  TORCH_CHECK(LinearAttentionCudaSupports(q, k, v), "GatedLinearAttentionCuda: unsupported inputs");
+  variable_list r = GlaFunction::apply(q, k, v, g, StateArg(initial_state, q));
+  return {r[0], r[1]};
+}
+
+LinearAttentionResult GatedDeltaRuleCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+  TORCH_CHECK(LinearAttentionCudaSupports(q, k, v), "GatedDeltaRuleCuda: unsupported inputs");
+  variable_list r = GdnFunction::apply(q, k, v, g, beta, StateArg(initial_state, q));
+  return {r[0], r[1]};
+}
+
+bool RecurrentCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::ScalarType dt = q.scalar_type();
+  return q.defined() && q.is_cuda() && q.dim() == 4 && v.dim() == 4 && (dt == at::kBFloat16 || dt == at::kFloat) &&
+         k.scalar_type() == dt && v.scalar_type() == dt && q.size(3) <= 256 && v.size(3) <= 256;
+}
+
+LinearAttentionResult GatedLinearAttentionRecurrentCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                        const at::Tensor& g, const at::Tensor& initial_state) {
+  return RecurrentCuda(q, k, v, g, nullptr, initial_state);
+}
+
+LinearAttentionResult GatedDeltaRuleRecurrentCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& g, const at::Tensor& beta,
+                                                  const at::Tensor& initial_state) {
+  return RecurrentCuda(q, k, v, g, &beta, initial_state);
+}
+
+at::Tensor GateMixCuda(const at::Tensor& full, const at::Tensor& linear, const at::Tensor& a, int64_t heads) {
+  TORCH_CHECK(full.is_cuda() && full.scalar_type() == at::kBFloat16 && linear.scalar_type() == at::kBFloat16 &&
+                  full.sizes() == linear.sizes() && a.numel() == heads && full.size(-1) % heads == 0 &&
+                  (full.size(-1) / heads) % 2 == 0,
+              "GateMixCuda: unsupported inputs");
+  return GateMixFunction::apply(full, linear, a.reshape({heads}), heads)[0];
+}
+
+}  // namespace fm::kernels
