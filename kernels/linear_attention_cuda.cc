@@ -109,21 +109,25 @@ GlaForwardOut GlaForward(const Padded& p) {
   return r;
 }
 
-// dg from dgamma ([B*H, Tp] or [B*H, Tp, Dkp]): reverse cumulative sum over T after adding <S_T, dS_T> at T - 1.
-at::Tensor DecayGrad(const Padded& p, at::Tensor dgamma, const at::Tensor& final_state, const at::Tensor& grad_final) {
+// dg from the gradient kernel's dgamma: the reverse cumulative sum over T of q.dq - k.dk, plus <S_T, dS_T> at every
+// step (its exponent holds every decay). Scalar decay: dgamma [B*H, Tp], one scan along the contiguous axis. Per
+// channel: dgamma [B*H, Tp, Dkp] is already reverse-summed inside chunks; add the totals of the later chunks.
+at::Tensor DecayGrad(const Padded& p, const at::Tensor& dgamma, const at::Tensor& chunk_sums,
+                     const at::Tensor& final_state, const at::Tensor& grad_final) {
+  at::Tensor dg;
   if (p.per_channel) {
-    dgamma = dgamma.view({p.B, p.H, p.Tp, p.Dkp}).narrow(2, 0, p.T).narrow(3, 0, p.Dk).contiguous();
+    const int64_t N = chunk_sums.size(1), C = p.Tp / N;
+    at::Tensor later = chunk_sums.flip(1).cumsum(1).flip(1) - chunk_sums;  // [B*H, N, Dkp], exclusive
+    dg = (dgamma.view({p.B * p.H, N, C, p.Dkp}) + later.unsqueeze(2)).view({p.B, p.H, p.Tp, p.Dkp});
+    dg = dg.narrow(2, 0, p.T).narrow(3, 0, p.Dk);
   } else {
-    dgamma = dgamma.view({p.B, p.H, p.Tp}).narrow(2, 0, p.T).contiguous();
+    dg = dgamma.view({p.B, p.H, p.Tp}).narrow(2, 0, p.T).flip(2).cumsum(2).flip(2);
   }
   if (grad_final.defined()) {
     at::Tensor sd = final_state * grad_final.to(at::kFloat);  // [B, H, Dk, Dv]
-    at::Tensor term = p.per_channel ? sd.sum(-1) : sd.sum({-2, -1});
-    dgamma.select(2, p.T - 1).add_(term);
+    dg = dg + (p.per_channel ? sd.sum(-1).unsqueeze(2) : sd.sum({-2, -1}).unsqueeze(2));
   }
-  if (!p.per_channel) return dgamma.flip(2).cumsum(2).flip(2);  // a scan along the last (contiguous) axis
-  Check(kc::LaunchReverseCumsum(dgamma.data_ptr<float>(), p.B * p.H, p.T, p.Dk, Stream()), "ReverseCumsum");
-  return dgamma;
+  return dg.contiguous();
 }
 
 class GlaFunction : public torch::autograd::Function<GlaFunction> {
@@ -166,14 +170,17 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
           "GlaStateScan(reverse)");
     at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
     at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
+    at::Tensor chunk_sums;
+    if (p.per_channel) chunk_sums = at::empty({p.B * p.H, N, p.Dkp}, p.g.options());
     Check(kc::LaunchGlaGrad(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CBf(states), CBf(dstates), Bf(dq),
-                            Bf(dk), Bf(dv), dgamma.data_ptr<float>(), Stream()),
+                            Bf(dk), Bf(dv), dgamma.data_ptr<float>(),
+                            chunk_sums.defined() ? chunk_sums.data_ptr<float>() : nullptr, Stream()),
           "GlaGrad");
     at::Tensor dg;
     if (g.requires_grad()) {
       at::Tensor fs = final_state.narrow(2, 0, p.Dk).narrow(3, 0, p.Dv);
       at::Tensor df = dfinal.defined() ? dfinal.narrow(2, 0, p.Dk).narrow(3, 0, p.Dv) : at::Tensor();
-      dg = DecayGrad(p, dgamma, fs, df).to(g.scalar_type());
+      dg = DecayGrad(p, dgamma, chunk_sums, fs, df).to(g.scalar_type());
     }
     at::Tensor dinit;
     if (initial_state.defined() && initial_state.requires_grad()) {

@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(256)
     GlaGradKernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                   const float* __restrict__ g, const bf16* __restrict__ dout, const bf16* __restrict__ states,
                   const bf16* __restrict__ dstates, bf16* __restrict__ dq, bf16* __restrict__ dk, bf16* __restrict__ dv,
-                  float* __restrict__ dgamma, int T) {
+                  float* __restrict__ dgamma, float* __restrict__ dgamma_chunk_sums, int T) {
   using L = GradLayout<C, DK, DV, kPerChannel>;
   extern __shared__ __align__(128) char smem[];
   SmemCarver sc{smem};
@@ -450,14 +450,19 @@ __global__ void __launch_bounds__(256)
   }
   __syncthreads();
 
-  // Phase 5: stores and dgamma = q.dq - k.dk.
+  // Phase 5: stores and dgamma = q.dq - k.dk (per channel: reverse-summed within the chunk).
   StoreRowsBf16(dq + row0 * DK, DK, W1, L::LDW, C, DK);
   StoreRowsBf16(dk + row0 * DK, DK, W2, L::LDW, C, DK);
   if constexpr (kPerChannel) {
-    for (int e = threadIdx.x; e < C * DK; e += blockDim.x) {
-      const int i = e / DK, d = e % DK;
-      dgamma[(row0 + i) * DK + d] =
-          ToF(Q[i * L::LDK + d]) * W1[i * L::LDW + d] - ToF(K[i * L::LDK + d]) * W2[i * L::LDW + d];
+    // Reverse cumulative sums inside the chunk (one thread per channel) and the chunk's totals: the glue adds the
+    // totals of the later chunks, a small [BH, N, DK] scan instead of one over [BH, T, DK].
+    for (int d = threadIdx.x; d < DK; d += blockDim.x) {
+      float acc = 0.f;
+      for (int i = C - 1; i >= 0; --i) {
+        acc += ToF(Q[i * L::LDK + d]) * W1[i * L::LDW + d] - ToF(K[i * L::LDK + d]) * W2[i * L::LDW + d];
+        dgamma[(row0 + i) * DK + d] = acc;
+      }
+      dgamma_chunk_sums[(static_cast<int64_t>(bh) * N + n) * DK + d] = acc;
     }
   } else {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -498,15 +503,15 @@ cudaError_t OutputFor(const ChunkProblem& p, const bf16* q, const bf16* k, const
 template <int C, int DV, bool kPerChannel>
 cudaError_t GradFor(const ChunkProblem& p, const bf16* q, const bf16* k, const bf16* v, const float* g,
                     const bf16* dout, const bf16* states, const bf16* dstates, bf16* dq, bf16* dk, bf16* dv,
-                    float* dgamma, cudaStream_t stream) {
+                    float* dgamma, float* dgamma_chunk_sums, cudaStream_t stream) {
   if (p.DK == 64) {
     return Launch(GlaGradKernel<C, 64, DV, kPerChannel>, dim3(p.T / C, p.BH), 256,
                   GradLayout<C, 64, DV, kPerChannel>::Bytes(), stream, q, k, v, g, dout, states, dstates, dq, dk, dv,
-                  dgamma, p.T);
+                  dgamma, dgamma_chunk_sums, p.T);
   }
   return Launch(GlaGradKernel<C, 128, DV, kPerChannel>, dim3(p.T / C, p.BH), 256,
                 GradLayout<C, 128, DV, kPerChannel>::Bytes(), stream, q, k, v, g, dout, states, dstates, dq, dk, dv,
-                dgamma, p.T);
+                dgamma, dgamma_chunk_sums, p.T);
 }
 
 bool ValidHeads(const ChunkProblem& p) { return (p.DK == 64 || p.DK == 128) && (p.DV == 64 || p.DV == 128); }
@@ -536,16 +541,19 @@ cudaError_t LaunchGlaOutput(const ChunkProblem& p, const bf16* q, const bf16* k,
 
 cudaError_t LaunchGlaGrad(const ChunkProblem& p, const bf16* q, const bf16* k, const bf16* v, const float* g,
                           const bf16* dout, const bf16* chunk_states, const bf16* chunk_dstates, bf16* dq, bf16* dk,
-                          bf16* dv, float* dgamma, cudaStream_t stream) {
+                          bf16* dv, float* dgamma, float* dgamma_chunk_sums, cudaStream_t stream) {
   if (!ValidHeads(p) || p.T % ChunkFor(p.per_channel) != 0) return cudaErrorInvalidValue;
+  if (p.per_channel && dgamma_chunk_sums == nullptr) return cudaErrorInvalidValue;
   if (p.per_channel) {
-    return p.DV == 64
-               ? GradFor<32, 64, true>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma, stream)
-               : GradFor<32, 128, true>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma, stream);
+    return p.DV == 64 ? GradFor<32, 64, true>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma,
+                                              dgamma_chunk_sums, stream)
+                      : GradFor<32, 128, true>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma,
+                                               dgamma_chunk_sums, stream);
   }
-  return p.DV == 64
-             ? GradFor<64, 64, false>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma, stream)
-             : GradFor<64, 128, false>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma, stream);
+  return p.DV == 64 ? GradFor<64, 64, false>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma,
+                                             dgamma_chunk_sums, stream)
+                    : GradFor<64, 128, false>(p, q, k, v, g, dout, chunk_states, chunk_dstates, dq, dk, dv, dgamma,
+                                              dgamma_chunk_sums, stream);
 }
 
 }  // namespace fm::kernels::cuda

@@ -40,14 +40,16 @@ cudaError_t LaunchGlaOutput(const ChunkProblem& p, const __nv_bfloat16* q, const
                             const __nv_bfloat16* v, const float* g, const __nv_bfloat16* chunk_states,
                             __nv_bfloat16* out, cudaStream_t stream);
 
-// Gradients of one chunked GLA pass: dq, dk, dv (bf16) and dgamma = q*dq - k*dk (fp32, [BH, T] summed over
-// channels for a scalar decay, [BH, T, DK] per channel), whose reverse cumulative sum over T is dg.
+// Gradients of one chunked GLA pass: dq, dk, dv (bf16) and dgamma from q*dq - k*dk (fp32), whose reverse cumulative
+// sum over T is dg. Scalar decay: dgamma [BH, T] holds q.dq - k.dk per step (summed over channels). Per-channel
+// decay: dgamma [BH, T, DK] holds the reverse cumulative sums inside each chunk and dgamma_chunk_sums [BH, N, DK]
+// (required) each chunk's total; adding the totals of the later chunks completes the sum.
 // chunk_states: states entering each chunk (forward scan); chunk_dstates: gradients of the states leaving each
 // chunk (reverse scan).
 cudaError_t LaunchGlaGrad(const ChunkProblem& p, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                           const float* g, const __nv_bfloat16* dout, const __nv_bfloat16* chunk_states,
                           const __nv_bfloat16* chunk_dstates, __nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv,
-                          float* dgamma, cudaStream_t stream);
+                          float* dgamma, float* dgamma_chunk_sums, cudaStream_t stream);
 
 // Gated delta rule, per chunk (scalar decay, chunk 64): W = (I + L)^-1 diag(beta exp(G)) K and
 // U = (I + L)^-1 diag(beta) V with L_ij = beta_i exp(G_i - G_j) k_i.k_j (j < i). beta fp32 [BH, T].
@@ -67,9 +69,6 @@ cudaError_t LaunchGdnStateScan(const ChunkProblem& p, const __nv_bfloat16* k, co
 cudaError_t LaunchRecurrentStep(int BH, int T, int DK, int DV, bool per_channel, bool dtype_bf16, const void* q,
                                 const void* k, const void* v, const float* g, const float* beta, float* state,
                                 void* out, cudaStream_t stream);
-
-// In place: x[o, t, w] <- sum over t' >= t of x[o, t', w], for x fp32 [outer, T, W] (dg from dgamma).
-cudaError_t LaunchReverseCumsum(float* x, int64_t outer, int64_t T, int64_t W, cudaStream_t stream);
 
 // Fused gate mix feeding one concatenated output projection: out[r] = [a * full[r], (1 - a) * linear[r]] over
 // [rows, H, D] inputs with one mixing weight per head (a: fp32 [H]); out is bf16 [rows, 2, H, D]. Backward:

@@ -114,20 +114,6 @@ __global__ void GateMixBackwardKernel(int64_t rows, int H, int D, const __nv_bfl
   for (int h = threadIdx.x; h < H; h += blockDim.x) atomicAdd(&d_a[h], head_sums[h]);
 }
 
-// In-place reverse cumulative sum over the middle axis of [outer, T, W]: one thread per (outer, w) column, coalesced
-// across w; loads are independent of the running sum, so the unrolled loop keeps several in flight.
-__global__ void ReverseCumsumKernel(float* __restrict__ x, int64_t outer, int64_t T, int64_t W) {
-  const int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (col >= outer * W) return;
-  float* base = x + (col / W) * T * W + col % W;
-  float acc = 0.f;
-#pragma unroll 8
-  for (int64_t t = T - 1; t >= 0; --t) {
-    acc += base[t * W];
-    base[t * W] = acc;
-  }
-}
-
 int GridFor(int64_t work, int threads) {
   const int64_t blocks = (work + threads - 1) / threads;
   return static_cast<int>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
@@ -188,14 +174,6 @@ cudaError_t LaunchGateMixBackward(int64_t rows, int H, int D, const __nv_bfloat1
       rows, H, D, reinterpret_cast<const __nv_bfloat162*>(full), reinterpret_cast<const __nv_bfloat162*>(linear), a,
       reinterpret_cast<const __nv_bfloat162*>(dy), reinterpret_cast<__nv_bfloat162*>(d_full),
       reinterpret_cast<__nv_bfloat162*>(d_linear), d_a);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchReverseCumsum(float* x, int64_t outer, int64_t T, int64_t W, cudaStream_t stream) {
-  if (outer == 0 || T == 0 || W == 0) return cudaSuccess;
-  const int threads = 128;
-  const int64_t blocks = (outer * W + threads - 1) / threads;
-  ReverseCumsumKernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(x, outer, T, W);
   return cudaGetLastError();
 }
 
