@@ -3,6 +3,7 @@
 // exponentiated (exp(G_i), exp(G_i - G_j) for j <= i, exp(G_last - G_j)), so no factor exceeds 1 and nothing
 // overflows however strong the decay; pairwise differences with j > i are set to -inf before exp.
 #include "kernels/linear_attention.h"
+#include "kernels/chunk_layout.h"
 
 #include <algorithm>
 #include <limits>
@@ -17,6 +18,10 @@
 
 namespace fm::kernels {
 namespace {
+
+using chunking::FromChunks;
+using chunking::PairwiseDecay;
+using chunking::ToChunks;
 
 // Per-key-channel decay: the pairwise factors exp(G_i - G_j) are [s, s, Dk] tensors inside sub-chunks of s <= 4 steps
 // and factor through sub-chunk ends across them; the state is handed over every <= 16 steps. Elementwise passes over
@@ -96,35 +101,6 @@ Inputs Prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const a
 
 LinearAttentionResult EmptyResult(const Inputs& in) {
   return {at::empty({in.B, in.H, 0, in.Dv}, in.q.options().dtype(in.out_dtype)), in.state};
-}
-
-// [B, H, T, ...] -> [B, H, N, C, ...] with N = ceil(T / C), zero-padded at the end of T. Padded steps have k = v =
-// beta = 0 and g = 0 (no decay), so they change neither the state nor the real outputs.
-at::Tensor ToChunks(const at::Tensor& x, int64_t chunk) {
-  const int64_t t = x.size(2);
-  const int64_t n = (t + chunk - 1) / chunk;
-  at::Tensor padded = x;
-  if (n * chunk != t) {
-    std::vector<int64_t> pad(2 * (x.dim() - 2), 0);  // (left, right) pairs from the last dim; dim 2 is the first
-    pad.back() = n * chunk - t;
-    padded = at::constant_pad_nd(x, pad, 0);
-  }
-  std::vector<int64_t> shape = {x.size(0), x.size(1), n, chunk};
-  for (int64_t d = 3; d < x.dim(); ++d) shape.push_back(x.size(d));
-  return padded.reshape(shape);
-}
-
-// [B, H, N, C, Dv] -> [B, H, T, Dv].
-at::Tensor FromChunks(const at::Tensor& x, int64_t t) {
-  return x.reshape({x.size(0), x.size(1), x.size(2) * x.size(3), x.size(4)}).narrow(2, 0, t);
-}
-
-// exp(G_i - G_j) for j <= i, 0 above the diagonal: [..., C] -> [..., C(i), C(j)].
-at::Tensor PairwiseDecay(const at::Tensor& G) {
-  const int64_t c = G.size(-1);
-  at::Tensor above = at::ones({c, c}, G.options().dtype(at::kBool)).triu(1);
-  at::Tensor diff = G.unsqueeze(-1) - G.unsqueeze(-2);
-  return diff.masked_fill(above, -std::numeric_limits<double>::infinity()).exp();
 }
 
 // Largest divisor of c that is at most kSubChunk.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/gdn_backward.h"
 
 namespace fm::kernels {
 namespace {
@@ -215,38 +216,24 @@ class GdnFunction : public torch::autograd::Function<GdnFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& g, const at::Tensor& beta, const at::Tensor& initial_state) {
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({q, k, v, g, beta, initial_state});
     LinearAttentionResult r = GdnForward(q, k, v, g, beta, StateOrUndefined(initial_state));
     return {r.output, r.final_state};
   }
 
-  // Recomputes through the ATen reference with autograd and differentiates that.
+  // The explicit chunked backward (kernels/gdn_backward.h): batched per-chunk products and two passes over the
+  // chunks, in float32.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::AutoGradMode enable(true);
-    std::vector<at::Tensor> inputs;
-    saved[5] = StateOrUndefined(saved[5]);
-    for (size_t i = 0; i < saved.size(); ++i) {
-      at::Tensor x = saved[i];
-      if (x.defined()) x = x.detach().requires_grad_(at::isFloatingType(x.scalar_type()));
-      inputs.push_back(x);
-    }
-    LinearAttentionResult r =
-        GatedDeltaRuleChunkedReference(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]);
-    std::vector<at::Tensor> outs, gouts, wrt;
-    if (grads[0].defined()) outs.push_back(r.output), gouts.push_back(grads[0]);
-    if (grads[1].defined()) outs.push_back(r.final_state), gouts.push_back(grads[1].to(r.final_state.scalar_type()));
-    variable_list result(6);
-    if (outs.empty()) return result;
-    std::vector<size_t> index;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      if (inputs[i].defined()) wrt.push_back(inputs[i]), index.push_back(i);
-    }
-    variable_list got = torch::autograd::grad(outs, wrt, gouts, /*retain_graph=*/false, /*create_graph=*/false,
-                                              /*allow_unused=*/true);
-    for (size_t i = 0; i < index.size(); ++i) {
-      if (got[i].defined()) result[index[i]] = got[i].to(saved[index[i]].scalar_type());
-    }
+    const at::Tensor initial_state = StateOrUndefined(saved[5]);
+    const c10::cuda::CUDAGuard guard(saved[0].device());
+    GatedDeltaRuleGrads r = GatedDeltaRuleChunkedBackward(saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                          initial_state, grads[0], grads[1], kc::kChunkScalarDecay);
+    variable_list result = {r.dq.to(saved[0].scalar_type()), r.dk.to(saved[1].scalar_type()),
+                            r.dv.to(saved[2].scalar_type()), r.dg.to(saved[3].scalar_type()),
+                            r.dbeta.to(saved[4].scalar_type()), at::Tensor()};
+    if (initial_state.defined()) result[5] = r.dinitial_state.to(initial_state.scalar_type());
     return result;
   }
 };

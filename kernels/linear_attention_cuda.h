@@ -6,7 +6,8 @@
 // Supported (LinearAttentionCudaSupports): CUDA tensors, q/k/v bf16, Dk and Dv <= 128 (padded inside to 64 or 128),
 // any T >= 1 (padded to whole chunks). The chunk size is the kernels' own (64 steps; 32 with a per-channel decay).
 // Gradients flow to q, k, v, g, beta and initial_state. GLA's backward runs CUDA kernels; the gated delta rule's
-// backward recomputes through the reference ops (ATen, autograd).
+// runs the explicit chunked backward of kernels/gdn_backward.h (batched ATen products; its two passes over the
+// chunks are not yet kernels).
 #pragma once
 
 #include <ATen/core/Tensor.h>
