@@ -15,12 +15,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
-#ifdef FLASHMORPH_CUDA
-#include <ATen/Context.h>
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
-#endif
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -35,6 +29,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_model.h"
 #include "worker/engine/model/decoder.h"
 #include "worker/engine/model/decoder_weights.h"
 #include "worker/engine/model/model_config.h"
@@ -49,13 +44,14 @@ namespace {
 constexpr double kPeakFlops = 790e12;      // H200 dense bf16, as in gateopt_reference.py
 constexpr double kSelectionTokens = 20e6;  // the paper's gate-stage budget
 
-struct Shape {
-  std::string name;
-  int64_t d, L, H, Hkv, hd, ff;
-};
-
-// Qwen3-1.7B's decoder body and the reference's "small" model.
-const Shape kShapes[] = {{"qwen3-1.7b", 2048, 28, 16, 8, 128, 6144}, {"small", 512, 4, 4, 2, 128, 1536}};
+using bench::CudaAvailable;
+using bench::MakeConfig;
+using bench::Median;
+using bench::PeakGiB;
+using bench::RandomWeights;
+using bench::ResetPeak;
+using bench::Shape;  // Qwen3-1.7B's decoder body and the reference's "small" model (bench_model.h)
+using bench::Sync;
 
 // gateopt_reference.py's flops_per_token: teacher forward + morphable forward + morphable backward (activation
 // gradients only), projections and causal softmax attention; the linear-attention core and norms are not counted.
@@ -78,86 +74,6 @@ double CalibrationFlopsPerToken(const Shape& s, int64_t T) {
   return 2 * lin + fa_attn + 2 * la + 2.5 * la;
 }
 
-ModelConfig MakeConfig(const Shape& s, int64_t vocab, int64_t max_t) {
-  ModelConfig c;
-  c.arch = Architecture::kQwen3;
-  c.vocab_size = vocab;
-  c.hidden_size = s.d;
-  c.intermediate_size = s.ff;
-  c.num_layers = s.L;
-  c.num_heads = s.H;
-  c.num_kv_heads = s.Hkv;
-  c.head_dim = s.hd;
-  c.max_position_embeddings = std::max<int64_t>(max_t, 40960);
-  c.rms_norm_eps = 1e-6;
-  c.rope.theta = 1e6;
-  c.tie_word_embeddings = true;
-  c.qk_norm = true;
-  c.sliding_window.assign(s.L, 0);
-  c.torch_dtype = "bfloat16";
-  return c;
-}
-
-// Random weights drawn on the target device: matrices N(0, 0.02) as in the reference, norms 1, embeddings N(0, 1)
-// (the reference feeds x ~ N(0, 1) straight into layer 0).
-DecoderWeights RandomWeights(const ModelConfig& c, at::ScalarType dtype, at::Device device) {
-  const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  auto normal = [&](std::vector<int64_t> shape, double std) { return at::empty(shape, opts).normal_(0.0, std); };
-  auto ones = [&](int64_t n) { return at::ones({n}, opts); };
-  DecoderWeights w;
-  w.embed_tokens = normal({c.vocab_size, c.hidden_size}, 1.0);
-  w.lm_head = w.embed_tokens;
-  w.final_norm = ones(c.hidden_size);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    DecoderLayerWeights lw;
-    lw.input_norm = ones(c.hidden_size);
-    lw.post_attention_norm = ones(c.hidden_size);
-    lw.q_proj = normal({c.q_dim(), c.hidden_size}, 0.02);
-    lw.k_proj = normal({c.kv_dim(), c.hidden_size}, 0.02);
-    lw.v_proj = normal({c.kv_dim(), c.hidden_size}, 0.02);
-    lw.o_proj = normal({c.hidden_size, c.q_dim()}, 0.02);
-    lw.q_norm = ones(c.head_dim);
-    lw.k_norm = ones(c.head_dim);
-    lw.gate_proj = normal({c.intermediate_size, c.hidden_size}, 0.02);
-    lw.up_proj = normal({c.intermediate_size, c.hidden_size}, 0.02);
-    lw.down_proj = normal({c.hidden_size, c.intermediate_size}, 0.02);
-    w.layers.push_back(std::move(lw));
-  }
-  return w;
-}
-
-// --- device helpers (CUDA only where the build has it) ---
-void Sync(const at::Device& device) {
-#ifdef FLASHMORPH_CUDA
-  if (device.is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
-
-void ResetPeak(const at::Device& device) {
-#ifdef FLASHMORPH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#endif
-}
-
-std::optional<double> PeakGiB(const at::Device& device) {
-#ifdef FLASHMORPH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0 * 1024.0);
-  }
-#endif
-  return std::nullopt;
-}
-
-bool CudaAvailable() {
-#ifdef FLASHMORPH_CUDA
-  return at::hasCUDA();
-#else
-  return false;
-#endif
-}
-
 using Clock = std::chrono::steady_clock;
 
 struct Row {
@@ -169,12 +85,6 @@ struct Row {
   std::optional<double> peak_gib;  // CUDA only
   std::string error;               // non-empty: the configuration failed
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Runs `step` warmup + steps times, each between synchronisations; `step` returns the step's loss or an error.
 template <typename Step>
@@ -199,9 +109,7 @@ void TimeSteps(const at::Device& device, int warmup, int steps, Row& row, Step&&
   }
   row.peak_gib = PeakGiB(device);
   row.median_s = Median(row.step_s);
-  double sum = 0;
-  for (double s : row.step_s) sum += s;
-  row.mean_s = sum / static_cast<double>(row.step_s.size());
+  row.mean_s = bench::Mean(row.step_s);
   row.tokens_per_s = static_cast<double>(row.T) / row.median_s;
   if (device.is_cuda()) row.mfu = row.tokens_per_s * row.flops_per_token / kPeakFlops;
 }
@@ -229,18 +137,6 @@ void PrintRow(const Row& r) {
                 mfu, peak, r.loss);
   }
   std::fflush(stdout);
-}
-
-std::vector<std::string> SplitList(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
 }
 
 struct RunInfo {
@@ -325,31 +221,24 @@ int Run(int argc, char** argv) {
     return 2;
   }
   if (threads > 0) at::set_num_threads(threads);
-  const Shape shape =
-      *std::find_if(std::begin(kShapes), std::end(kShapes), [&](const Shape& s) { return s.name == shape_name; });
-  std::vector<int64_t> seqs;
-  for (const std::string& t : SplitList(seq_list)) {
-    char* end = nullptr;
-    const long long v = std::strtoll(t.c_str(), &end, 10);
-    if (end == t.c_str() || *end != '\0' || v < 2 || v > (1 << 20)) {
-      std::fprintf(stderr, "error: --seq: '%s' is not a sequence length in [2, 1048576]\n", t.c_str());
-      return 2;
-    }
-    seqs.push_back(v);
+  const Shape shape = *bench::FindShape(shape_name);
+  absl::StatusOr<std::vector<int64_t>> parsed_seqs = bench::ParseIntList(seq_list, 2, 1 << 20);
+  if (!parsed_seqs.ok()) {
+    std::fprintf(stderr, "error: --seq: %s\n", std::string(parsed_seqs.status().message()).c_str());
+    return 2;
   }
+  const std::vector<int64_t> seqs = *parsed_seqs;
   std::vector<std::pair<std::string, BranchKind>> branches_to_run;
-  for (const std::string& b : SplitList(branch_list)) {
-    if (b == "gdn") {
-      branches_to_run.emplace_back(b, BranchKind::kGatedDeltaNet);
-    } else if (auto k = ParseBranchKind(b); k.ok()) {
-      branches_to_run.emplace_back(b, *k);
-    } else {
-      std::fprintf(stderr, "error: --branch: '%s' is not lightning, gla or gdn\n", b.c_str());
+  for (const std::string& b : bench::SplitList(branch_list)) {
+    absl::StatusOr<BranchKind> k = bench::ParseBranch(b);
+    if (!k.ok()) {
+      std::fprintf(stderr, "error: --branch: %s\n", std::string(k.status().message()).c_str());
       return 2;
     }
+    branches_to_run.emplace_back(b, *k);
   }
-  if (seqs.empty() || branches_to_run.empty()) {
-    std::fprintf(stderr, "error: --seq and --branch need at least one value each\n");
+  if (branches_to_run.empty()) {
+    std::fprintf(stderr, "error: --branch needs at least one value\n");
     return 2;
   }
 

@@ -25,6 +25,25 @@ at::Tensor CausalMask(int64_t tq, int64_t tk, int64_t offset, int64_t window, co
   return mask;
 }
 
+// Appends `fresh` ([B, Hkv, T, hd]) to a layer's cached `view` (positions [0, offset)), in place in `buffer` when
+// it has (or, with capacity >= offset + T, can be given) room; otherwise by concatenation.
+void AppendToCache(const at::Tensor& fresh, int64_t offset, int64_t capacity, at::Tensor& view, at::Tensor& buffer) {
+  const int64_t T = fresh.size(2), need = offset + T;
+  const bool buffer_fits = buffer.defined() && buffer.size(2) >= need && buffer.size(0) == fresh.size(0);
+  if (!buffer_fits && capacity >= need) {
+    std::vector<int64_t> sizes = fresh.sizes().vec();
+    sizes[2] = capacity;
+    buffer = at::empty(sizes, fresh.options());
+    if (view.defined() && offset > 0) buffer.narrow(2, 0, offset).copy_(view);
+  } else if (!buffer_fits) {
+    buffer = at::Tensor();
+    view = view.defined() ? at::cat({view, fresh}, 2) : fresh;
+    return;
+  }
+  buffer.narrow(2, offset, T).copy_(fresh);
+  view = buffer.narrow(2, 0, need);
+}
+
 }  // namespace
 
 Decoder::Decoder(ModelConfig config, DecoderWeights weights)
@@ -78,16 +97,12 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   int64_t offset = 0;
   if (cache) {
     offset = cache->length;
-    if (static_cast<int64_t>(cache->k.size()) < config_.num_layers) {
-      cache->k.resize(config_.num_layers);
-      cache->v.resize(config_.num_layers);
-    }
-    if (cache->k[layer].defined()) {
-      k = at::cat({cache->k[layer], k}, 2);
-      v = at::cat({cache->v[layer], v}, 2);
-    }
-    cache->k[layer] = k;
-    cache->v[layer] = v;
+    for (auto* list : {&cache->k, &cache->v, &cache->k_buffer, &cache->v_buffer})
+      if (static_cast<int64_t>(list->size()) < config_.num_layers) list->resize(config_.num_layers);
+    AppendToCache(k, offset, cache->capacity, cache->k[layer], cache->k_buffer[layer]);
+    AppendToCache(v, offset, cache->capacity, cache->v[layer], cache->v_buffer[layer]);
+    k = cache->k[layer];
+    v = cache->v[layer];
   }
   const int64_t window = window_override >= 0 ? window_override : config_.sliding_window[layer];
   const int64_t Tk = k.size(2);
@@ -95,6 +110,9 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   at::Tensor out;
   if (offset == 0 && (window == 0 || Tk <= window)) {
     out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/Hkv != H);
+  } else if (T == 1 && (window == 0 || Tk <= window)) {
+    // One new token sees every cached key: no mask (a mask rules out the fused GQA kernels on CUDA).
+    out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/false, scale, Hkv != H);
   } else {
     at::Tensor mask = CausalMask(T, Tk, offset, window, x.device());
     out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale, Hkv != H);

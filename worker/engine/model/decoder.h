@@ -19,10 +19,16 @@
 
 namespace fm {
 
-// Keys/values of earlier positions, per layer, for incremental decoding. Tensors are [B, Hkv, T, head_dim].
+// Keys/values of earlier positions, per layer, for incremental decoding. k[l], v[l] are [B, Hkv, T, head_dim].
+// By default every write concatenates (a copy of the whole cache per step); with `capacity` set, each layer's
+// keys/values live in a buffer of that many positions, allocated on the layer's first write, and k[l], v[l] are
+// views of its filled part, so a decoding step writes only its own positions. A write past the capacity falls back
+// to concatenation.
 struct KvCache {
   std::vector<at::Tensor> k, v;
-  int64_t length = 0;  // positions already cached
+  int64_t length = 0;    // positions already cached
+  int64_t capacity = 0;  // > 0: positions to allocate per layer up front (e.g. prompt + new tokens)
+  std::vector<at::Tensor> k_buffer, v_buffer;  // [B, Hkv, capacity, head_dim] when capacity is in use
 };
 
 struct ForwardOptions {

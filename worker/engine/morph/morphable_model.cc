@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
 
 #include <optional>
+
+#include "worker/engine/common/str_cat.h"
 
 #ifdef FLASHMORPH_CUDA
 #include "kernels/linear_attention_cuda.h"
@@ -41,15 +44,22 @@ std::vector<LayerMix> LayoutMixes(const std::vector<std::vector<int64_t>>& full_
 MorphableModel::MorphableModel(const Decoder* decoder, std::vector<LinearBranch>* branches)
     : decoder_(decoder), branches_(branches) {}
 
-at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope,
-                                          const LayerMix& mix) const {
+at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
+                                          HybridCache* cache) const {
+  KvCache* kv = nullptr;
+  at::Tensor* state = nullptr;
+  if (cache) {
+    kv = &cache->kv;
+    if (static_cast<int64_t>(cache->states.size()) <= l) cache->states.resize(decoder_->config().num_layers);
+    state = &cache->states[l];
+  }
   switch (mix.mode) {
     case LayerMix::Mode::kFull:
-      return decoder_->Attention(l, x, rope, nullptr);
+      return decoder_->Attention(l, x, rope, kv);
     case LayerMix::Mode::kLinear:
-      return (*branches_)[l].Forward(x);
+      return (*branches_)[l].Forward(x, state);
     case LayerMix::Mode::kSlidingWindow:
-      return decoder_->AttentionOutProj(l, decoder_->AttentionHeads(l, x, rope, nullptr, mix.window));
+      return decoder_->AttentionOutProj(l, decoder_->AttentionHeads(l, x, rope, kv, mix.window));
     case LayerMix::Mode::kGated:
       break;
   }
@@ -58,8 +68,8 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   const int64_t H = decoder_->config().num_heads, D = decoder_->config().head_dim;
   at::Tensor a = mix.gates.to(x.device(), at::kFloat).reshape({-1});
   if (a.size(0) == 1) a = a.expand({H});
-  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, nullptr);
-  at::Tensor la = branch.HeadOutputs(x);
+  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, kv);
+  at::Tensor la = branch.HeadOutputs(x, state);
   at::Tensor out;
 #ifdef FLASHMORPH_CUDA
   // bf16 on the GPU: one fused kernel scales both sides per head into [a * fa, (1 - a) * la] and a single GEMM
@@ -80,9 +90,50 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   return out;
 }
 
-at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix) const {
-  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix);
+at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
+                                 HybridCache* cache) const {
+  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache);
   return h + decoder_->Mlp(l, decoder_->PostAttentionNorm(l, h));
+}
+
+absl::StatusOr<at::Tensor> MorphableModel::ForwardCached(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                                                         HybridCache* cache) const {
+  const ModelConfig& c = decoder_->config();
+  if (cache == nullptr) return absl::InvalidArgumentError("ForwardCached: no cache given");
+  if (!ids.defined() || ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.numel() == 0)
+    return absl::InvalidArgumentError("ForwardCached: ids must be a non-empty int64 tensor of shape [batch, tokens]");
+  if (static_cast<int64_t>(mixes.size()) != c.num_layers)
+    return absl::InvalidArgumentError(
+        StrCat("ForwardCached: ", mixes.size(), " layer mixes for a model of ", c.num_layers, " layers"));
+  try {
+    at::NoGradGuard no_grad;
+    const at::Tensor dev_ids = ids.to(decoder_->device());
+    const int64_t lo = dev_ids.min().item<int64_t>(), hi = dev_ids.max().item<int64_t>();
+    if (lo < 0 || hi >= c.vocab_size)
+      return absl::InvalidArgumentError(
+          StrCat("ForwardCached: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    for (const std::vector<at::Tensor>* list : {&cache->kv.k, &cache->states})
+      for (const at::Tensor& t : *list)
+        if (t.defined() && t.size(0) != ids.size(0))
+          return absl::InvalidArgumentError(
+              StrCat("ForwardCached: batch size ", ids.size(0), " differs from the cache's (", t.size(0), ")"));
+    const int64_t T = ids.size(1);
+    const RopeTables rope = decoder_->Rope(cache->length(), T);
+    at::Tensor x = decoder_->Embed(dev_ids);
+    for (int64_t l = 0; l < c.num_layers; ++l) x = Layer(l, x, rope, mixes[l], cache);
+    cache->kv.length += T;
+    return x;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(StrCat("ForwardCached failed: ", e.what_without_backtrace()));
+  }
+}
+
+int64_t HybridCache::Bytes() const {
+  int64_t bytes = 0;
+  for (const std::vector<at::Tensor>* list : {&kv.k, &kv.v, &states})
+    for (const at::Tensor& t : *list)
+      if (t.defined()) bytes += static_cast<int64_t>(t.nbytes());
+  return bytes;
 }
 
 at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,

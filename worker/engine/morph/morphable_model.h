@@ -1,6 +1,7 @@
 // The morphable model of docs/ENGINE.md §2: the teacher decoder whose every layer can mix its softmax attention
 // with its linear-attention branch, per layer or per head, with gate values in [0,1] (stage 2), or run a fixed
-// hybrid layout (stages 3-4, evaluation). Backward() implements activation checkpointing by hand: the forward pass
+// hybrid layout (stages 3-4, evaluation), also incrementally with KV caches and recurrent states (ForwardCached:
+// prefill, then decoding). ForwardBackward() implements activation checkpointing by hand: the forward pass
 // keeps only each layer's input, and the backward pass recomputes one layer at a time.
 #pragma once
 
@@ -10,6 +11,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "absl/status/statusor.h"
 #include "worker/engine/model/decoder.h"
 #include "worker/engine/morph/linear_branch.h"
 
@@ -21,6 +23,18 @@ struct LayerMix {
   Mode mode = Mode::kFull;
   at::Tensor gates;         // kGated: [H] values in [0,1] (may require grad)
   int64_t window = 0;       // kSlidingWindow: softmax attention over the last `window` tokens
+};
+
+// Decoding caches of a hybrid (MorphableModel::ForwardCached): the softmax heads' keys/values (kFull,
+// kSlidingWindow and kGated layers; kv.length counts the cached positions, kv.capacity pre-allocates) and the
+// branches' recurrent states (kLinear and kGated layers; [B, H, D, D] float32, undefined until the layer first runs).
+// Sliding-window layers keep every position too (no eviction).
+struct HybridCache {
+  KvCache kv;
+  std::vector<at::Tensor> states;  // per layer
+  int64_t length() const { return kv.length; }
+  // Bytes held for the cached positions: keys/values (filled part only) and states.
+  int64_t Bytes() const;
 };
 
 // Per-layer mixes from a [L, H] (or [L, 1], broadcast over heads) gate tensor.
@@ -35,15 +49,28 @@ class MorphableModel {
 
   const Decoder& decoder() const { return *decoder_; }
 
-  // Attention block of layer l on the input-normed x, mixed as `mix` says.
-  at::Tensor MixedAttention(int64_t l, const at::Tensor& x_normed, const RopeTables& rope, const LayerMix& mix) const;
+  // Attention block of layer l on the input-normed x, mixed as `mix` says. With a cache, x continues the cached
+  // positions (rope must start at cache->length()): softmax heads read and extend cache->kv, the branch continues
+  // from cache->states[l] and replaces it.
+  at::Tensor MixedAttention(int64_t l, const at::Tensor& x_normed, const RopeTables& rope, const LayerMix& mix,
+                            HybridCache* cache = nullptr) const;
   // One decoder layer (residual stream in -> out).
-  at::Tensor Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix) const;
+  at::Tensor Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
+                   HybridCache* cache = nullptr) const;
 
   // Residual stream after the last layer (before the final norm), without building an autograd graph when
   // `keep_inputs` (the checkpointed forward: each layer's input is stored in `inputs`).
   at::Tensor Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
                      std::vector<at::Tensor>* inputs = nullptr) const;
+
+  // Inference with caches (no autograd graph): ids [B, T] (any device) continue the `cache->length()` cached
+  // positions — a prefill on an empty cache, then one call per decoded token (or chunk) — and the cache is extended by
+  // T. Returns the residual stream after the last layer for the new positions, [B, T, d] (decoder().Head() gives
+  // logits). The result equals Forward() over all positions at once. INVALID_ARGUMENT for ids that are not int64
+  // [B, T > 0] within the vocabulary, a batch size other than the cache's, or mixes.size() != num_layers;
+  // INTERNAL when a tensor op fails (e.g. out of memory; the cache is then partly extended: discard it).
+  absl::StatusOr<at::Tensor> ForwardCached(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
+                                           HybridCache* cache) const;
 
   // Forward + backward: loss = loss_fn(x_L), gradients accumulate into every leaf that requires grad (gates,
   // branch parameters, decoder weights). With `checkpointing`, layers are recomputed one at a time.
