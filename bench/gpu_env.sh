@@ -22,3 +22,15 @@ fm_configure_gpu() {
 fm_build_gpu() {
   ninja -C build-gpu -j"$(nproc)" "$@" >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -80; return 1; }
 }
+# fm_phase NAME SECONDS CMD...: runs CMD under a time limit (cut to end PHASE_MARGIN seconds, default 10, before
+# $DEADLINE), logs to $OUT/NAME.txt and reports its exit status; skipped when under 20 s would be left.
+fm_phase() {
+  local name=$1 limit=$2; shift 2
+  local t=$(date +%s)
+  (( limit > DEADLINE - t - ${PHASE_MARGIN:-10} )) && limit=$(( DEADLINE - t - ${PHASE_MARGIN:-10} ))
+  if (( limit < 20 )); then echo "== $name: skipped (time budget spent)"; return; fi
+  echo "== $name (limit ${limit} s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $(( $(date +%s) - t )) s"
+}

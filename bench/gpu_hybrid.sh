@@ -18,18 +18,9 @@ fm_build_gpu fm_hybrid_bench || exit 1
 echo "build: $(( $(date +%s) - t0 )) s"
 
 DEADLINE=$(( t0 + ${BUDGET:-540} ))
-phase() {  # phase NAME SECONDS CMD...: runs CMD under a time limit, logs to $OUT/NAME.txt, reports its exit status
-  local name=$1 limit=$2; shift 2
-  local t=$(date +%s)
-  (( limit > DEADLINE - t - 5 )) && limit=$(( DEADLINE - t - 5 ))
-  if (( limit < 20 )); then echo "== $name: skipped (time budget spent)"; return; fi
-  echo "== $name (limit ${limit} s)"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
-  local rc=${PIPESTATUS[0]}
-  echo "== $name: exit $rc after $(( $(date +%s) - t )) s"
-}
+PHASE_MARGIN=5
 for b in ${BRANCHES:-gdn gla lightning}; do
-  phase "hybrid-$b" "${LIMIT:-200}" ./build-gpu/bench/fm_hybrid_bench --device cuda --dtype bf16 --shape qwen3-1.7b \
+  fm_phase "hybrid-$b" "${LIMIT:-200}" ./build-gpu/bench/fm_hybrid_bench --device cuda --dtype bf16 --shape qwen3-1.7b \
     --seq "${SEQ:-32768,131072}" --decode-steps "${DECODE:-64}" --fa-ratio "${RATIO:-0.25}" --branch "$b" \
     --reps "${REPS:-2}" --warmup "${WARMUP:-1}" --json "$OUT/hybrid-$b.json"
 done

@@ -23,23 +23,13 @@ echo "build: $(( $(date +%s) - t0 )) s"
 
 # Every phase runs under its own limit, cut further so that the comparison still runs before BUDGET seconds.
 DEADLINE=$(( t0 + ${BUDGET:-480} ))
-phase() {  # phase NAME SECONDS CMD...: runs CMD under a time limit, logs to $OUT/NAME.txt, reports its exit status
-  local name=$1 limit=$2; shift 2
-  local t=$(date +%s)
-  (( limit > DEADLINE - t - 10 )) && limit=$(( DEADLINE - t - 10 ))
-  if (( limit < 20 )); then echo "== $name: skipped (time budget spent)"; return; fi
-  echo "== $name (limit ${limit} s)"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
-  local rc=${PIPESTATUS[0]}
-  echo "== $name: exit $rc after $(( $(date +%s) - t )) s"
-}
 # Ours: one process per branch kind, so a slow or failing kind leaves the other's numbers intact.
 for b in ${BRANCHES:-lightning gdn}; do
-  phase "ours-$b" 110 ./build-gpu/bench/fm_gateopt_bench --device cuda --dtype bf16 --shape qwen3-1.7b \
+  fm_phase "ours-$b" 110 ./build-gpu/bench/fm_gateopt_bench --device cuda --dtype bf16 --shape qwen3-1.7b \
     --seq 8192,16384 --branch "$b" --stage both --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/ours-$b.json"
 done
-phase ref-eager 90 env OUT="$OUT/ref-eager" "$PY" "$REF"
-phase ref-compile 140 env OUT="$OUT/ref-compile" COMPILE=1 "$PY" "$REF"
+fm_phase ref-eager 90 env OUT="$OUT/ref-eager" "$PY" "$REF"
+fm_phase ref-compile 140 env OUT="$OUT/ref-compile" COMPILE=1 "$PY" "$REF"
 
 "$PY" - "$OUT" <<'EOF' | tee "$OUT/comparison.txt"
 import json, os, re, sys

@@ -248,7 +248,8 @@ int Run(int argc, char** argv) {
   at::manual_seed(seed);
   const auto t_build = Clock::now();
   const Decoder original(config, bench::RandomWeights(config, dtype, device));
-  // Branches for the linear layers only; softmax layers never touch theirs (an empty placeholder keeps the indices).
+  // Branches for the linear layers only; softmax layers never touch theirs (a default-constructed, empty LinearBranch
+  // keeps the indices aligned).
   BranchSettings settings;
   settings.kind = *kind;
   std::vector<LinearBranch> branches;
