@@ -4,6 +4,7 @@
 
 #ifdef FLASHMORPH_CUDA
 #include <ATen/Context.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -83,7 +84,18 @@ bool CudaAvailable() {
 
 void Sync(const at::Device& device) {
 #ifdef FLASHMORPH_CUDA
-  if (device.is_cuda()) c10::cuda::device_synchronize();
+  if (device.is_cuda()) {
+    const c10::DeviceGuard guard(device);  // device_synchronize() waits for the current device only
+    c10::cuda::device_synchronize();
+  }
+#endif
+}
+
+int64_t CudaDeviceCount() {
+#ifdef FLASHMORPH_CUDA
+  return at::hasCUDA() ? static_cast<int64_t>(c10::cuda::device_count()) : 0;
+#else
+  return 0;
 #endif
 }
 

@@ -36,6 +36,7 @@ ModelConfig MakeConfig(const Shape& s, int64_t vocab, int64_t max_t);
 DecoderWeights RandomWeights(const ModelConfig& c, at::ScalarType dtype, at::Device device);
 
 bool CudaAvailable();                                     // a CUDA build with a visible GPU
+int64_t CudaDeviceCount();                                // visible GPUs (0 without CUDA)
 void Sync(const at::Device& device);                      // waits for the device's queued work (CUDA); no-op on the CPU
 void ResetPeak(const at::Device& device);                 // resets the caching allocator's peak (CUDA)
 std::optional<double> PeakGiB(const at::Device& device);  // allocated-bytes peak since ResetPeak (CUDA only)

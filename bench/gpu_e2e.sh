@@ -17,7 +17,8 @@
 # the first is exported), CAL_TOKENS, GATE_TOKENS, MIN_CTX, MAX_CTX, PASSKEYS, DISTILL_TOKENS, LONG_TOKENS,
 # HELD_OUT_TOKENS, NEEDLE_CTX ("1024 2048"), NEEDLE_SAMPLES, TIME_BUDGET (seconds for the whole call, 540; the watch
 # is cut and the job cancelled so that download and checks still fit), JOB_TARGET_S (240: when less is left at
-# submission, after a slow build, the token budgets shrink in proportion), WORK (scratch), BUILD (dry run's build dir).
+# submission, after a slow build, the token budgets shrink in proportion), WORK (scratch), BUILD (dry run's build dir),
+# GPUS (GPUs the job takes, e.g. 2 on nvidia-h200-x2), SHARD (1: with GPUS > 1, split the layers over the GPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -211,6 +212,8 @@ SUBMIT=(--model "$CKPT" --branch "$BRANCH" --seed 0 --label run=gpu-e2e
         --held-out-tokens "$HELD_OUT_TOKENS" --needle-samples "$NEEDLE_SAMPLES")
 for b in $BUDGETS; do SUBMIT+=(--fa-ratio "$b"); done
 for c in $NEEDLE_CTX; do SUBMIT+=(--needle-context "$c"); done
+[ -z "${GPUS:-}" ] || SUBMIT+=(--gpus "$GPUS")          # > 1: the job takes that many GPUs of the worker
+[ "${SHARD:-0}" = 0 ] || SUBMIT+=(--shard-layers)       # with GPUS > 1: layer sharding instead of replicas
 echo "submit: ${SUBMIT[*]}" | tee "$OUT/submit.txt"
 JOB=$("$FM" submit "${SUBMIT[@]}")
 JOB_ID=${JOB#jobs/}

@@ -16,11 +16,69 @@
 
 #include "kernels/chunk_layout.h"
 
+#ifdef FLASHMORPH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/linear_attention_launch.h"
+#endif
+
 namespace fm::kernels {
 
 using chunking::FromChunks;
 using chunking::PairwiseDecay;
 using chunking::ToChunks;
+
+namespace {
+
+// The two sequential passes as CUDA kernels (kernels/cuda/gdn_recurrence.cu) for fp32 CUDA operands; false (and
+// nothing computed) elsewhere, so the caller runs its ATen loops.
+bool ChunkRecurrencesOnGpu(const at::Tensor& W, const at::Tensor& Kt, const at::Tensor& U, const at::Tensor& AtdO,
+                           const at::Tensor& Qt, const at::Tensor& dout, const at::Tensor& gam, const at::Tensor& S0,
+                           at::Tensor& dS, at::Tensor& Sn, at::Tensor& u, at::Tensor& dSp, at::Tensor& du) {
+#ifdef FLASHMORPH_CUDA
+  if (!W.is_cuda() || W.scalar_type() != at::kFloat) return false;
+  const int64_t B = W.size(0), H = W.size(1), N = W.size(2), C = W.size(3), Dk = W.size(4), Dv = U.size(4);
+  if (!cuda::GdnChunkRecurrenceSupported(static_cast<int>(C), static_cast<int>(Dk))) return false;
+  // One block per (batch*head, 16 value columns), one resident per SM: past two waves of blocks the batched ATen
+  // matmuls per chunk are faster (H200, 2026-11-28: B=1 H=16 T=32K 104 -> 46 ms fwd+bwd with the kernels, but
+  // B=8 T=4K 29 -> 41 ms; docs/PERFORMANCE.md).
+  const int64_t blocks = B * H * ((Dv + 15) / 16);
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, W.device().index()) != cudaSuccess) return false;
+  if (blocks > 2 * static_cast<int64_t>(sms)) return false;
+  const c10::cuda::CUDAGuard guard(W.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  auto c = [](const at::Tensor& t) { return t.contiguous(); };
+  const at::Tensor w = c(W), kt = c(Kt), uu = c(U), atdo = c(AtdO), qt = c(Qt), dO = c(dout), g = c(gam), s0 = c(S0),
+                   ds_final = c(dS);
+  Sn = at::empty({B, H, N, Dk, Dv}, w.options());
+  u = at::empty({B, H, N, C, Dv}, w.options());
+  dSp = at::empty_like(Sn);
+  du = at::empty_like(u);
+  at::Tensor s_last = at::empty({B, H, Dk, Dv}, w.options()), ds_first = at::empty_like(s_last);
+  const int BH = static_cast<int>(B * H);
+  cudaError_t err = cuda::LaunchGdnChunkRecurrence(
+      BH, static_cast<int>(N), static_cast<int>(C), static_cast<int>(Dk), static_cast<int>(Dv), /*reverse=*/false,
+      w.data_ptr<float>(), kt.data_ptr<float>(), uu.data_ptr<float>(), nullptr, nullptr, g.data_ptr<float>(),
+      s0.data_ptr<float>(), Sn.data_ptr<float>(), u.data_ptr<float>(), s_last.data_ptr<float>(), stream);
+  TORCH_CHECK(err == cudaSuccess, "gated delta rule backward, forward pass: ", cudaGetErrorString(err));
+  err = cuda::LaunchGdnChunkRecurrence(BH, static_cast<int>(N), static_cast<int>(C), static_cast<int>(Dk),
+                                       static_cast<int>(Dv), /*reverse=*/true, kt.data_ptr<float>(),
+                                       w.data_ptr<float>(), atdo.data_ptr<float>(), qt.data_ptr<float>(),
+                                       dO.data_ptr<float>(), g.data_ptr<float>(), ds_final.data_ptr<float>(),
+                                       dSp.data_ptr<float>(), du.data_ptr<float>(), ds_first.data_ptr<float>(), stream);
+  TORCH_CHECK(err == cudaSuccess, "gated delta rule backward, reverse pass: ", cudaGetErrorString(err));
+  dS = ds_first;
+  return true;
+#else
+  (void)W, (void)Kt, (void)U, (void)AtdO, (void)Qt, (void)dout, (void)gam, (void)S0, (void)dS, (void)Sn, (void)u,
+      (void)dSp, (void)du;
+  return false;
+#endif
+}
+
+}  // namespace
 
 GatedDeltaRuleGrads GatedDeltaRuleChunkedBackward(const at::Tensor& q_in, const at::Tensor& k_in,
                                                   const at::Tensor& v_in, const at::Tensor& g_in,
@@ -63,30 +121,33 @@ GatedDeltaRuleGrads GatedDeltaRuleChunkedBackward(const at::Tensor& q_in, const 
   at::Tensor QK = at::matmul(q, k.transpose(-1, -2));
   at::Tensor A = QK * M;
 
-  // Forward states and corrected values.
-  std::vector<at::Tensor> S_list, u_list;
-  at::Tensor S = initial_state.defined() ? initial_state.to(dt) : at::zeros({B, H, Dk, Dv}, opt);
-  for (int64_t n = 0; n < N; ++n) {
-    S_list.push_back(S);
-    at::Tensor u = U.select(2, n) - at::matmul(W.select(2, n), S);
-    u_list.push_back(u);
-    S = gam.select(2, n).unsqueeze(-1).unsqueeze(-1).exp() * S + at::matmul(Kt.select(2, n).transpose(-1, -2), u);
-  }
-  at::Tensor Sn = at::stack(S_list, 2), u = at::stack(u_list, 2);  // [B, H, N, Dk, Dv], [B, H, N, C, Dv]
-
-  // Reverse scan of the state gradients.
   at::Tensor AtdO = at::matmul(A.transpose(-1, -2), dout);
-  std::vector<at::Tensor> dSp_list(N), du_list(N);
+  at::Tensor S0 = initial_state.defined() ? initial_state.to(dt) : at::zeros({B, H, Dk, Dv}, opt);
   at::Tensor dS = grad_final_state.defined() ? grad_final_state.to(dt) : at::zeros({B, H, Dk, Dv}, opt);
-  for (int64_t n = N - 1; n >= 0; --n) {
-    dSp_list[n] = dS;
-    at::Tensor du = AtdO.select(2, n) + at::matmul(Kt.select(2, n), dS);
-    du_list[n] = du;
-    dS = gam.select(2, n).unsqueeze(-1).unsqueeze(-1).exp() * dS +
-         at::matmul(Qt.select(2, n).transpose(-1, -2), dout.select(2, n)) -
-         at::matmul(W.select(2, n).transpose(-1, -2), du);
+  at::Tensor Sn, u, dSp, du;  // [B, H, N, Dk, Dv], [B, H, N, C, Dv], [B, H, N, Dk, Dv], [B, H, N, C, Dv]
+  if (!ChunkRecurrencesOnGpu(W, Kt, U, AtdO, Qt, dout, gam, S0, dS, Sn, u, dSp, du)) {
+    // Forward states and corrected values.
+    std::vector<at::Tensor> S_list, u_list;
+    at::Tensor S = S0;
+    for (int64_t n = 0; n < N; ++n) {
+      S_list.push_back(S);
+      at::Tensor un = U.select(2, n) - at::matmul(W.select(2, n), S);
+      u_list.push_back(un);
+      S = gam.select(2, n).unsqueeze(-1).unsqueeze(-1).exp() * S + at::matmul(Kt.select(2, n).transpose(-1, -2), un);
+    }
+    Sn = at::stack(S_list, 2), u = at::stack(u_list, 2);
+    // Reverse scan of the state gradients.
+    std::vector<at::Tensor> dSp_list(N), du_list(N);
+    for (int64_t n = N - 1; n >= 0; --n) {
+      dSp_list[n] = dS;
+      at::Tensor dun = AtdO.select(2, n) + at::matmul(Kt.select(2, n), dS);
+      du_list[n] = dun;
+      dS = gam.select(2, n).unsqueeze(-1).unsqueeze(-1).exp() * dS +
+           at::matmul(Qt.select(2, n).transpose(-1, -2), dout.select(2, n)) -
+           at::matmul(W.select(2, n).transpose(-1, -2), dun);
+    }
+    dSp = at::stack(dSp_list, 2), du = at::stack(du_list, 2);
   }
-  at::Tensor dSp = at::stack(dSp_list, 2), du = at::stack(du_list, 2);
 
   // Per chunk, in parallel.
   at::Tensor dOSt = at::matmul(dout, Sn.transpose(-1, -2));   // [.., C, Dk]

@@ -80,7 +80,8 @@ void AddServiceCommands(CLI::App& app, const CliIo& io, const RetryPolicy& retry
     c->add_option("--deadline", f->deadline, "RFC 3339 time or a duration from now (90m, 2h)");
     c->add_option("--tenant", f->tenant, "Tenant that owns the job (default: yours)");
     c->add_option("--request-id", f->request_id, "Idempotency key (default: a fresh UUIDv4)");
-    AddOptional(c, "--gpus", f->gpus, "GPUs the job needs");
+    AddOptional(c, "--gpus", f->gpus, "GPUs the job needs (> 1: data-parallel gates, layer-parallel calibration)");
+    c->add_flag("--shard-layers", f->shard_layers, "With --gpus > 1: split the model's layers over the GPUs");
     AddOptional(c, "--calibration-tokens", f->calibration_tokens, "Tokens per layer for branch calibration");
     AddOptional(c, "--gate-tokens", f->gate_tokens, "Tokens for gate optimisation");
     AddOptional(c, "--min-context", f->min_context, "Shortest passkey sample for gates");

@@ -51,6 +51,7 @@ struct SubmitFlags {
   std::string tenant;
   std::string request_id;  // empty: a fresh UUIDv4
   std::optional<int32_t> gpus;
+  bool shard_layers = false;
   std::optional<int64_t> calibration_tokens, gate_tokens, distill_tokens, long_context_tokens, held_out_tokens;
   std::optional<int32_t> min_context, max_context, passkeys, needle_samples;
   std::optional<double> lambda;

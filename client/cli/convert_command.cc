@@ -157,7 +157,10 @@ void AddConvertCommand(CLI::App& app, std::function<int()>& run) {
   c->add_option("--method", args->method, "flashmorph | uniform | nll | head")->capture_default_str();
   c->add_option("--branch", args->branch, "lightning | gla | gated_deltanet")->capture_default_str();
   c->add_option("--seed", o.seed, "Seed of every random choice")->capture_default_str();
-  c->add_option("--device", o.device, "cpu | cuda | cuda:N")->capture_default_str();
+  c->add_option("--device", o.device, "cpu | cuda | cuda:N, or several: cuda:0,cuda:1 | cuda:all")
+      ->capture_default_str();
+  c->add_flag("--shard-layers", o.shard_layers,
+              "With several devices: split the model's layers over them (else: replicas, data parallel)");
   c->add_option("--dtype", o.dtype, "Compute dtype (default float32 on CPU, bfloat16 on CUDA)");
   c->add_option("--export-dtype", o.export_dtype, "bfloat16 | float16 | float32")->capture_default_str();
   c->add_option("--threads", o.threads, "CPU threads (0 = all)");

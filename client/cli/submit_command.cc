@@ -188,6 +188,7 @@ absl::StatusOr<CreateConversionJobRequest> BuildCreateRequest(const SubmitFlags&
     if (absl::Status s = ApplyDeadline(f.deadline, spec); !s.ok()) return s;
   }
   if (f.gpus) spec.mutable_resources()->set_gpus(*f.gpus);
+  if (f.shard_layers) spec.mutable_resources()->set_shard_layers(true);
   if (f.calibration_tokens) spec.mutable_calibration()->set_train_tokens(*f.calibration_tokens);
   if (f.gate_tokens) spec.mutable_gates()->set_train_tokens(*f.gate_tokens);
   if (f.min_context) spec.mutable_gates()->set_min_context_tokens(*f.min_context);

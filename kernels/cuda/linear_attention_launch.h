@@ -63,6 +63,19 @@ cudaError_t LaunchGdnStateScan(const ChunkProblem& p, const __nv_bfloat16* k, co
                                __nv_bfloat16* chunk_states, __nv_bfloat16* corrected, float* final_state,
                                cudaStream_t stream);
 
+// The sequential passes of the gated-delta-rule backward (kernels/gdn_backward.cc), in fp32 on contiguous
+// [BH, N, C, DK] (X, Y, Z) and [BH, N, C, DV] (P, R, corrected) operands, gamma [BH, N], states [BH, N, DK, DV],
+// initial/final states [BH, DK, DV] (initial may be null: zeros). Chunks n = 0..N-1 (N-1..0 when `reverse`): store
+// the entering state S in states[n], c = P_n + sx X_n S in corrected[n] (sx = -1 forward, +1 reverse), then
+// S <- exp(gamma_n) S + sy Y_n^T c + Z_n^T R_n (sy = +1 forward, -1 reverse; the Z term only when Z and R are given).
+// Forward: X = W, Y = K exp(gamma - G), P = U. Reverse: X = K exp(gamma - G), Y = W, P = A^T dO, Z = Q exp(G), R = dO.
+// Needs C <= 64 and DK <= 128 (GdnChunkRecurrenceSupported); any DV.
+bool GdnChunkRecurrenceSupported(int C, int DK);
+cudaError_t LaunchGdnChunkRecurrence(int BH, int N, int C, int DK, int DV, bool reverse, const float* X, const float* Y,
+                                     const float* P, const float* Z, const float* R, const float* gamma,
+                                     const float* initial_state, float* states, float* corrected, float* final_state,
+                                     cudaStream_t stream);
+
 // Token-by-token recurrence over T steps of state (fp32, [BH, DK, DV], updated in place) for decoding: GLA
 // (beta == nullptr) or the gated delta rule. q, k, v, out: [BH, T, D] in `dtype_bf16 ? bf16 : fp32` (any DK, DV
 // <= 256). g: [BH, T] or (GLA only) [BH, T, DK].

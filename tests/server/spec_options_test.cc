@@ -107,6 +107,27 @@ TEST(OptionsFromSpec, EveryFieldLands) {
   EXPECT_EQ(o->threads, 6);
 }
 
+TEST(OptionsFromSpec, SeveralGpusBecomeADeviceList) {
+  pb::ConversionSpec s = MinimalSpec();
+  s.mutable_resources()->set_gpus(3);
+  s.mutable_resources()->set_shard_layers(true);
+  absl::StatusOr<fm::ConversionOptions> o = OptionsFromSpec(s, "/o", "/w", DeviceChoice{"cuda", 0});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->device, "cuda:0,cuda:1,cuda:2");
+  EXPECT_TRUE(o->shard_layers);
+  s.mutable_resources()->set_gpus(1);  // one GPU: nothing to shard over
+  o = OptionsFromSpec(s, "/o", "/w", DeviceChoice{"cuda", 0});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->device, "cuda");
+  EXPECT_FALSE(o->shard_layers);
+  s.mutable_resources()->set_gpus(2);  // a worker pinned to one GPU (or the CPU) cannot run it
+  for (const char* pinned : {"cuda:1", "cpu"}) {
+    o = OptionsFromSpec(s, "/o", "/w", DeviceChoice{pinned, 0});
+    EXPECT_EQ(o.status().code(), absl::StatusCode::kFailedPrecondition) << pinned;
+    EXPECT_NE(o.status().message().find("spec.resources.gpus"), std::string::npos) << o.status();
+  }
+}
+
 TEST(OptionsFromSpec, UnsetMeansTheEnginesScaledDefaults) {
   const fm::ConversionOptions engine_defaults;
   absl::StatusOr<fm::ConversionOptions> o = Map(MinimalSpec());

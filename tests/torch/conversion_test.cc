@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -147,6 +148,49 @@ TEST(Conversion, ResumeInTheMiddleOfCalibration) {
   ASSERT_TRUE(rb.ok()) << rb.status();
   EXPECT_EQ(ra->calibration_error_after, rb->calibration_error_after);
   EXPECT_EQ(ra->layouts[0].scores, rb->layouts[0].scores);
+}
+
+// Several devices (docs/ENGINE.md §7), here the CPU three times: replicas (data-parallel gates over the step's two
+// samples, layer-parallel calibration) and layer sharding give the one-device layout and scores, up to the order
+// of float sums; a run cancelled on three devices resumes on one.
+TEST(Conversion, SeveralDevicesGiveTheOneDeviceResult) {
+  auto options = [](const std::string& out, const std::string& device, bool shard) {
+    ConversionOptions o = Tiny(out);
+    o.gates.batch_sequences = 2;
+    o.gates.train_tokens = 3 * 2 * 120;
+    o.device = device;
+    o.shard_layers = shard;
+    return o;
+  };
+  auto near = [](const std::vector<double>& a, const std::vector<double>& b, double tol) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (std::abs(a[i] - b[i]) > tol) return false;
+    return true;
+  };
+  const std::string one = Fresh("dev_one"), replicas = Fresh("dev_replicas"), sharded = Fresh("dev_sharded"),
+                    moved = Fresh("dev_moved");
+  auto r1 = RunConversion(options(one, "cpu", false));
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  auto r3 = RunConversion(options(replicas, "cpu,cpu,cpu", false));
+  ASSERT_TRUE(r3.ok()) << r3.status();
+  auto rs = RunConversion(options(sharded, "cpu, cpu", true));
+  ASSERT_TRUE(rs.ok()) << rs.status();
+  for (const auto* r : {&r3, &rs}) {
+    EXPECT_EQ((*r)->layouts[0].kept, r1->layouts[0].kept);
+    EXPECT_TRUE(near((*r)->layouts[0].scores, r1->layouts[0].scores, 1e-4));
+    EXPECT_TRUE(near((*r)->calibration_error_after, r1->calibration_error_after, 1e-5));
+  }
+  CancelAfter cancel(5);  // 3 calibration steps + 2 gate steps
+  EXPECT_EQ(RunConversion(options(moved, "cpu,cpu,cpu", false), &cancel).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(fs::exists(moved + ".work/gates/state.json"));
+  auto rm = RunConversion(options(moved, "cpu", false));
+  ASSERT_TRUE(rm.ok()) << rm.status();
+  EXPECT_TRUE(near(rm->layouts[0].scores, r1->layouts[0].scores, 1e-4));
+  // A device list the engine cannot use is refused with the option named.
+  auto bad = RunConversion(options(Fresh("dev_bad"), "cpu,tpu", false));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find("device"), std::string::npos);
 }
 
 TEST(Conversion, PeersRunOnTheSameJob) {

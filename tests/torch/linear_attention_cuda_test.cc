@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/gdn_backward.h"
 #include "kernels/linear_attention.h"
 #include "kernels/linear_attention_cuda.h"
 
@@ -199,6 +200,37 @@ TEST(LinearAttentionCuda, GatedDeltaRuleForwardAndBackwardMatchFloat64) {
 }
 
 // Decoding: the recurrent kernel continues a chunked prefill; together they equal one float64 pass.
+// The explicit chunked backward on fp32 CUDA tensors (its sequential passes run as the fp32 recurrence kernels of
+// kernels/cuda/gdn_recurrence.cu) against the same function in float64 on the CPU (the ATen loops): unpadded odd
+// shapes, chunks shorter than 64 (T < 64) and value widths that are not multiples of the kernel's 16-column tiles.
+TEST(LinearAttentionCuda, GatedDeltaExplicitBackwardRecurrenceKernelsMatchFloat64) {
+  FM_REQUIRE_GPU();
+  const std::vector<Shape> shapes = {
+      {2, 3, 256, 64, 64}, {1, 2, 200, 128, 128}, {1, 2, 37, 48, 40}, {2, 1, 130, 100, 72}, {1, 1, 1, 64, 64}};
+  for (const Shape& s : shapes) {
+    const uint64_t seed = FreshSeed();
+    GdnInputs in = MakeGdn(s);
+    auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    const at::Tensor dout = Cuda(at::randn({s.B, s.H, s.T, s.Dv}));
+    const at::Tensor dfinal = Cuda(at::randn({s.B, s.H, s.Dk, s.Dv}) * 0.1);
+    kernels::GatedDeltaRuleGrads got =
+        kernels::GatedDeltaRuleChunkedBackward(f32(in.q), f32(in.k), f32(in.v), in.g, in.beta, in.s0, dout, dfinal);
+    kernels::GatedDeltaRuleGrads want = kernels::GatedDeltaRuleChunkedBackward(
+        F64(in.q).cpu(), F64(in.k).cpu(), F64(in.v).cpu(), F64(in.g).cpu(), F64(in.beta).cpu(), F64(in.s0).cpu(),
+        F64(dout).cpu(), F64(dfinal).cpu());
+    const std::vector<std::pair<const char*, std::pair<at::Tensor, at::Tensor> > > pairs = {
+        {"dq", {got.dq, want.dq}},          {"dk", {got.dk, want.dk}},
+        {"dv", {got.dv, want.dv}},          {"dg", {got.dg, want.dg}},
+        {"dbeta", {got.dbeta, want.dbeta}}, {"ds0", {got.dinitial_state, want.dinitial_state}}};
+    for (const auto& [name, p] : pairs) {
+      ASSERT_TRUE(p.first.is_cuda()) << name;
+      EXPECT_TRUE(AllFinite(p.first)) << name << " seed " << seed;
+      EXPECT_LE(RelErr(p.first, p.second), 1e-4)
+          << name << " seed " << seed << " T" << s.T << " Dk" << s.Dk << " Dv" << s.Dv;
+    }
+  }
+}
+
 TEST(LinearAttentionCuda, PrefillThenDecodeEqualsOnePass) {
   FM_REQUIRE_GPU();
   for (bool delta : {false, true}) {

@@ -16,19 +16,8 @@
 namespace fm {
 namespace {
 
-const char* kDemo = FM_SOURCE_DIR "/models/demo/qwen3-demo";
-
-class MorphTest : public ::testing::Test {
+class MorphTest : public testing::DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    auto d = LoadDecoder(kDemo);
-    ASSERT_TRUE(d.ok()) << d.status();
-    teacher_ = d->release();
-  }
-  static void TearDownTestSuite() {
-    delete teacher_;
-    teacher_ = nullptr;
-  }
   std::vector<LinearBranch> Branches(BranchKind kind, uint64_t seed = 1) {
     std::vector<LinearBranch> b;
     BranchSettings s;
@@ -42,9 +31,7 @@ class MorphTest : public ::testing::Test {
     at::manual_seed(seed);
     return at::randint(0, teacher_->config().vocab_size, {1, T}, at::kLong);
   }
-  static Decoder* teacher_;
 };
-Decoder* MorphTest::teacher_ = nullptr;
 
 TEST_F(MorphTest, BranchCopiesQueryAndOutputAndRepeatsKeyValueHeads) {
   auto branches = Branches(BranchKind::kGatedDeltaNet);

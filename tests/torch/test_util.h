@@ -8,6 +8,7 @@
 
 #include "worker/engine/formats/safetensors.h"
 #include "worker/engine/model/tensor_bridge.h"
+#include "worker/engine/model/weight_loader.h"
 
 namespace fm::testing {
 
@@ -36,6 +37,21 @@ class ReferenceTensors {
 
  private:
   std::optional<SafetensorsFile> file_;
+};
+
+// A suite whose tests share the project's demo model (models/demo/qwen3-demo), loaded once per suite.
+class DemoModelTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto d = LoadDecoder(FM_SOURCE_DIR "/models/demo/qwen3-demo");
+    ASSERT_TRUE(d.ok()) << d.status();
+    teacher_ = d->release();
+  }
+  static void TearDownTestSuite() {
+    delete teacher_;
+    teacher_ = nullptr;
+  }
+  inline static Decoder* teacher_ = nullptr;
 };
 
 inline double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {

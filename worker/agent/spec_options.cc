@@ -270,6 +270,19 @@ absl::StatusOr<fm::ConversionOptions> OptionsFromSpec(const pb::ConversionSpec& 
   // Device.
   o.device = device.device.empty() ? "cpu" : device.device;
   o.threads = device.threads;
+  const int32_t gpus = spec.resources().gpus();
+  if (gpus > 1) {
+    // The scheduler leased this job to a worker with at least `gpus` GPUs; the job takes the first `gpus` of them.
+    if (o.device != "cuda")
+      return absl::FailedPreconditionError(StrCat("spec.resources.gpus: ", gpus,
+                                                  " GPUs need a worker started with --device cuda or auto (this one "
+                                                  "runs on ",
+                                                  o.device, ")"));
+    std::string list;
+    for (int32_t i = 0; i < gpus; ++i) list += StrCat(i ? "," : "", "cuda:", i);
+    o.device = list;
+  }
+  o.shard_layers = spec.resources().shard_layers() && gpus > 1;
   return o;
 }
 

@@ -53,6 +53,7 @@ Decoder::Decoder(ModelConfig config, DecoderWeights weights)
 
 at::ScalarType Decoder::dtype() const { return weights_.embed_tokens.scalar_type(); }
 at::Device Decoder::device() const { return weights_.embed_tokens.device(); }
+at::Device Decoder::LayerDevice(int64_t layer) const { return weights_.layers[layer].input_norm.device(); }
 
 at::Tensor Decoder::Embed(const at::Tensor& input_ids) const {
   return at::embedding(weights_.embed_tokens, input_ids);
@@ -126,12 +127,22 @@ at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const {
   return Linear(gate * Linear(h, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
 }
 
+at::Tensor Decoder::Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
+                          at::Tensor* attention_output, at::Tensor* normed_input) const {
+  at::Tensor xn = InputNorm(layer, x);
+  at::Tensor attn = Attention(layer, xn, rope, cache);
+  at::Tensor h = x + attn;
+  if (attention_output) *attention_output = attn;
+  if (normed_input) *normed_input = xn;
+  return h + Mlp(layer, PostAttentionNorm(layer, h));
+}
+
 at::Tensor Decoder::FinalNorm(const at::Tensor& x) const {
-  return kernels::RmsNorm(x, weights_.final_norm, config_.rms_norm_eps);
+  return kernels::RmsNorm(x.to(weights_.final_norm.device()), weights_.final_norm, config_.rms_norm_eps);
 }
 
 at::Tensor Decoder::Logits(const at::Tensor& x_normed) const {
-  return at::linear(x_normed, weights_.lm_head).to(at::kFloat);
+  return at::linear(x_normed.to(weights_.lm_head.device()), weights_.lm_head).to(at::kFloat);
 }
 
 at::Tensor Decoder::Head(const at::Tensor& x) const { return Logits(FinalNorm(x)); }
@@ -153,14 +164,15 @@ absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, cons
     const int64_t T = ids.size(1);
     const int64_t start = opt.cache ? opt.cache->length : 0;
     ForwardResult r;
-    RopeTables rope = Rope(start, T);
+    RopeOnDevices rope(Rope(start, T));
     at::Tensor x = Embed(ids);
     if (opt.return_hidden_states) r.hidden_states.push_back(x);
     for (int64_t l = 0; l < config_.num_layers; ++l) {
-      at::Tensor attn = Attention(l, InputNorm(l, x), rope, opt.cache);
+      const at::Device dev = LayerDevice(l);
+      x = x.to(dev);
+      at::Tensor attn;
+      x = Block(l, x, rope.On(dev), opt.cache, &attn);
       if (opt.return_attention_outputs) r.attention_outputs.push_back(attn);
-      at::Tensor h = x + attn;
-      x = h + Mlp(l, PostAttentionNorm(l, h));
       if (opt.return_hidden_states) r.hidden_states.push_back(x);
     }
     if (opt.cache) opt.cache->length += T;

@@ -53,7 +53,10 @@ class Decoder {
   const ModelConfig& config() const { return config_; }
   const DecoderWeights& weights() const { return weights_; }
   at::ScalarType dtype() const;
-  at::Device device() const;
+  at::Device device() const;  // of the embeddings: where ids go and the first layer's input starts
+  // Where layer `layer`'s weights live. A decoder may be split by layers over several devices (decoder_placement.h):
+  // Forward() moves the residual stream to each layer's device, FinalNorm()/Logits() move their input to theirs.
+  at::Device LayerDevice(int64_t layer) const;
 
   // input_ids: int64 [B, T] on any device (moved to the model's). INVALID_ARGUMENT for wrong rank/dtype, empty
   // input, or ids outside [0, vocab).
@@ -72,6 +75,10 @@ class Decoder {
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
+  // One whole decoder layer: residual stream in -> out (x on the layer's device); the attention block's output
+  // and its input-normed input go to `attention_output` and `normed_input` when given.
+  at::Tensor Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
+                   at::Tensor* attention_output = nullptr, at::Tensor* normed_input = nullptr) const;
   at::Tensor FinalNorm(const at::Tensor& x) const;
   at::Tensor Logits(const at::Tensor& x_normed) const;  // lm_head, float32
   at::Tensor Head(const at::Tensor& x) const;           // Logits(FinalNorm(x))

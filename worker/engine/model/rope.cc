@@ -92,6 +92,16 @@ RopeTables MakeRopeTables(const RopeFrequencies& f, int64_t start, int64_t lengt
   return {cos.to(dtype), sin.to(dtype)};
 }
 
+RopeOnDevices::RopeOnDevices(RopeTables tables) { copies_.emplace_back(tables.cos.device(), std::move(tables)); }
+
+const RopeTables& RopeOnDevices::On(const at::Device& device) {
+  for (const auto& [d, t] : copies_)
+    if (d == device) return t;
+  const RopeTables& base = copies_.front().second;
+  copies_.emplace_back(device, RopeTables{base.cos.to(device), base.sin.to(device)});
+  return copies_.back().second;
+}
+
 at::Tensor ApplyRope(const at::Tensor& x, const RopeTables& t) {
   const int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);

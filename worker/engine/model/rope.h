@@ -5,6 +5,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <deque>
+#include <utility>
+
 #include "worker/engine/model/model_config.h"
 
 namespace fm {
@@ -16,6 +19,17 @@ struct RopeFrequencies {
 
 struct RopeTables {
   at::Tensor cos, sin;  // [T, head_dim] in the activation dtype
+};
+
+// One set of tables and its copies on other devices, made on first use: for models whose layers live on several
+// devices (layer sharding), where each layer reads the tables on its own device.
+class RopeOnDevices {
+ public:
+  explicit RopeOnDevices(RopeTables tables);
+  const RopeTables& On(const at::Device& device);
+
+ private:
+  std::deque<std::pair<at::Device, RopeTables>> copies_;  // a deque: references stay valid
 };
 
 RopeFrequencies ComputeRopeFrequencies(const ModelConfig& config, const at::Device& device);

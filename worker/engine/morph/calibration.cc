@@ -3,11 +3,16 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <c10/util/Exception.h>
+
+#include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
 
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/common/str_cat.h"
+#include "worker/engine/morph/calibration_pipeline.h"
 #include "worker/engine/morph/optimizer.h"
 #include "worker/engine/morph/stage_checkpoint.h"
 
@@ -119,6 +124,20 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
   StageCheckpoint ckpt(checkpoint_dir, plan.fingerprint);
   FM_ASSIGN_OR_RETURN(std::optional<nlohmann::json> state, ckpt.LoadState());
   CalibrationReport report;
+  std::optional<CalibrationShards> shards;
+  if (plan.parallel_teachers.size() > 1 && !(state && (*state).value("done", false))) {
+    FM_ASSIGN_OR_RETURN(shards, MakeCalibrationShards(plan.parallel_teachers));
+  }
+  if (!state) {
+    FM_ASSIGN_OR_RETURN(report.error_before, AlignmentErrors(teacher, branches, eval_ids));
+  }
+  if (shards) {  // each branch trains on its shard's device
+    try {
+      for (int64_t l = 0; l < L; ++l) branches[l].To(teacher.dtype(), shards->device(shards->ShardOf(l)));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(StrCat("moving the branches to their devices failed: ", e.what_without_backtrace()));
+    }
+  }
   std::vector<std::unique_ptr<AdamW>> opts = CalibrationOptimizers(branches, layers);
   int64_t start = 0;
   double resumed_seconds = 0;
@@ -155,8 +174,6 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
       opts[l]->LoadState(mine);
     }
     report.tokens = (*state)["tokens"].get<int64_t>();
-  } else {
-    FM_ASSIGN_OR_RETURN(report.error_before, AlignmentErrors(teacher, branches, eval_ids));
   }
 
   report.final_loss.assign(L, 0.0);
@@ -181,30 +198,83 @@ absl::StatusOr<CalibrationReport> CalibrateBranches(const Decoder& teacher, std:
     return resumed_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
   const double floor_lr = plan.learning_rate * plan.final_lr_fraction;
+  auto lr_of = [&](int64_t step) {
+    return CosineLr(step, plan.steps, plan.learning_rate, floor_lr, plan.warmup_steps);
+  };
   int64_t run_tokens = 0;
-  for (int64_t step = start; step < plan.steps; ++step) {
+  // Bookkeeping after a step: losses, tokens, the progress event.
+  auto after_step = [&](int64_t step, const std::vector<double>& losses, int64_t tokens) {
+    double mean_loss = 0;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      report.final_loss[layers[i]] = losses[i];
+      mean_loss += losses[i] / static_cast<double>(layers.size());
+    }
+    report.tokens += tokens;
+    run_tokens += tokens;
+    ProgressEvent ev{Stage::kCalibration, "branches", step + 1, plan.steps, 0, 0, {}, {}, ""};
+    ev.elapsed_seconds = elapsed();
+    const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ev.tokens_per_second = run_seconds > 0 ? static_cast<double>(run_tokens) / run_seconds : 0;
+    ev.metrics = {{"mse", mean_loss}, {"lr", lr_of(step)}};
+    sink.OnProgress(ev);
+  };
+  auto checkpoint_due = [&](int64_t done) {
+    return plan.checkpoint_every > 0 && done % plan.checkpoint_every == 0 && done < plan.steps;
+  };
+  if (shards) {
+    // Pipelined over the devices, in segments that end at the checkpoints (the pipeline drains there).
+    std::vector<int64_t> batch_tokens(plan.steps, 0);
+    for (int64_t step = start; step < plan.steps;) {
+      if (sink.CancelRequested()) {
+        report.seconds = elapsed();
+        FM_RETURN_IF_ERROR(save(step, false));
+        return absl::CancelledError(StrCat("calibration cancelled at step ", step));
+      }
+      int64_t end = plan.steps;
+      if (plan.checkpoint_every > 0) end = std::min(end, (step / plan.checkpoint_every + 1) * plan.checkpoint_every);
+      bool cancelled = false;
+      CalibrationPipelineSteps seg;
+      seg.first = step;
+      seg.end = end;
+      seg.batch = [&](int64_t k) -> absl::StatusOr<at::Tensor> {
+        FM_ASSIGN_OR_RETURN(at::Tensor ids, train_batch(k));
+        batch_tokens[k] = ids.numel();
+        return ids;
+      };
+      seg.lr = lr_of;
+      seg.on_step = [&](int64_t k, const std::vector<double>& losses) {
+        after_step(k, losses, batch_tokens[k]);
+        if (sink.CancelRequested()) cancelled = true;
+        return !cancelled;
+      };
+      FM_ASSIGN_OR_RETURN(step, RunCalibrationPipeline(*shards, branches, layers, opts, seg));
+      if (cancelled) {
+        report.seconds = elapsed();
+        FM_RETURN_IF_ERROR(save(step, false));
+        return absl::CancelledError(StrCat("calibration cancelled at step ", step));
+      }
+      if (checkpoint_due(step)) {
+        report.seconds = elapsed();
+        FM_RETURN_IF_ERROR(save(step, false));
+      }
+    }
+    // Back to the teacher's devices for what follows (alignment errors, the other stages).
+    try {
+      for (int64_t l = 0; l < L; ++l) branches[l].To(teacher.dtype(), teacher.LayerDevice(l));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(StrCat("moving the branches back failed: ", e.what_without_backtrace()));
+    }
+  }
+  for (int64_t step = shards ? plan.steps : start; step < plan.steps; ++step) {
     if (sink.CancelRequested()) {
       report.seconds = elapsed();
       FM_RETURN_IF_ERROR(save(step, false));
       return absl::CancelledError(StrCat("calibration cancelled at step ", step));
     }
     FM_ASSIGN_OR_RETURN(at::Tensor ids, train_batch(step));
-    const double lr = CosineLr(step, plan.steps, plan.learning_rate, floor_lr, plan.warmup_steps);
-    FM_ASSIGN_OR_RETURN(std::vector<double> losses, CalibrationStep(teacher, branches, layers, opts, ids, lr));
-    double mean_loss = 0;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      report.final_loss[layers[i]] = losses[i];
-      mean_loss += losses[i] / static_cast<double>(layers.size());
-    }
-    report.tokens += ids.numel();
-    run_tokens += ids.numel();
-    ProgressEvent ev{Stage::kCalibration, "branches", step + 1, plan.steps, 0, 0, {}, {}, ""};
-    ev.elapsed_seconds = elapsed();
-    const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    ev.tokens_per_second = run_seconds > 0 ? static_cast<double>(run_tokens) / run_seconds : 0;
-    ev.metrics = {{"mse", mean_loss}, {"lr", lr}};
-    sink.OnProgress(ev);
-    if (plan.checkpoint_every > 0 && (step + 1) % plan.checkpoint_every == 0 && step + 1 < plan.steps) {
+    FM_ASSIGN_OR_RETURN(std::vector<double> losses, CalibrationStep(teacher, branches, layers, opts, ids, lr_of(step)));
+    after_step(step, losses, ids.numel());
+    if (checkpoint_due(step + 1)) {
       report.seconds = elapsed();
       FM_RETURN_IF_ERROR(save(step + 1, false));
     }

@@ -31,6 +31,10 @@ struct CalibrationPlan {
   double final_lr_fraction = 0.1;
   int64_t checkpoint_every = 50;
   std::vector<int64_t> layers;  // empty = every layer
+  // Layer-parallel calibration (calibration_pipeline.h): one teacher per device — full replicas, or the same
+  // layer-sharded decoder repeated — whose layers are split into contiguous shards trained as a pipeline. Empty or
+  // one entry: the single-device loop. Not part of the fingerprint (the updates are the same).
+  std::vector<const Decoder*> parallel_teachers;
 };
 
 struct CalibrationReport {

@@ -93,7 +93,11 @@ struct ConversionOptions {
   std::vector<Budget> budgets = {Budget{}};  // the first one is exported; every one gets a layout
   BranchKind branch = BranchKind::kGatedDeltaNet;
   uint64_t seed = 0;
-  std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
+  // "cpu", "cuda", "cuda:1", or several devices: "cuda:0,cuda:1" / "cuda:all" — then gate optimisation is data
+  // parallel and calibration layer-parallel over full replicas of the model, or, with shard_layers, the model's
+  // layers are split over the devices (for models that do not fit one; every stage runs on the sharded model).
+  std::string device = "cpu";
+  bool shard_layers = false;
   std::string dtype;           // compute dtype: "float32" (CPU default), "bfloat16" (CUDA default)
   std::string export_dtype = "bfloat16";
   int64_t max_shard_bytes = 5LL << 30;

@@ -3,7 +3,13 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <c10/core/DeviceGuard.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
 #include <chrono>
+#include <exception>
+#include <memory>
 
 #include "worker/engine/common/status_macros.h"
 #include "worker/engine/common/str_cat.h"
@@ -46,8 +52,9 @@ absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<
   FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, sample, pos));
   MorphableModel model(&teacher, &branches);
   at::Tensor x = model.Forward(sample.ids, GatedMixes(gates));
-  at::Tensor h = teacher.FinalNorm(x)[0].index_select(0, pos.to(x.device())).to(at::kFloat);
-  return (h - target).pow(2).mean().item<double>();
+  at::Tensor h = teacher.FinalNorm(x)[0];
+  h = h.index_select(0, pos.to(h.device())).to(at::kFloat);
+  return (h - target.to(h.device())).pow(2).mean().item<double>();
 }
 
 GateState::GateState(const Decoder& teacher, bool head_level)
@@ -56,39 +63,102 @@ GateState::GateState(const Decoder& teacher, bool head_level)
                 .requires_grad_(true)),
       optimizer({gates}, AdamWSettings{.grad_clip = 0}) {}
 
-absl::StatusOr<GateStepResult> GateOptimizationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
-                                                    const GatePlan& plan, const std::vector<MaskedSample>& samples,
-                                                    double lr, GateState& state) {
-  if (samples.empty()) return absl::InvalidArgumentError("gate optimisation step: no samples");
-  at::Tensor& gates = state.gates;
-  const int64_t G = gates.size(1);
-  const double penalty_scale = plan.sparsity_lambda / static_cast<double>(G);
+namespace {
+
+// Forward + backward of one sample into the gradient of `gates` (loss weight `weight`); returns the distance term.
+absl::StatusOr<double> SampleForwardBackward(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                             const at::Tensor& gates, const GatePlan& plan, const MaskedSample& s,
+                                             size_t index, double weight) {
+  at::Tensor pos = PredictingPositions(s.answer_mask);
+  if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", index, " has no answer tokens"));
+  FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
   MorphableModel model(&teacher, &branches);
-  GateStepResult result;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    const MaskedSample& s = samples[i];
-    at::Tensor pos = PredictingPositions(s.answer_mask).to(teacher.device());
-    if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", i, " has no answer tokens"));
-    FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
-    const double weight = 1.0 / static_cast<double>(samples.size());
-    at::Tensor loss = model.ForwardBackward(
-        s.ids, GatedMixes(gates),
-        [&](const at::Tensor& x_last) {
-          at::Tensor h = teacher.FinalNorm(x_last)[0].index_select(0, pos).to(at::kFloat);
-          return (h - target).pow(2).mean() * weight;
-        },
-        plan.checkpointing);
-    result.distance += loss.item<double>();
-    result.tokens += s.ids.numel();
-  }
+  at::Tensor loss = model.ForwardBackward(
+      s.ids, GatedMixes(gates),
+      [&](const at::Tensor& x_last) {
+        at::Tensor h = teacher.FinalNorm(x_last)[0];
+        h = h.index_select(0, pos.to(h.device())).to(at::kFloat);
+        return (h - target.to(h.device())).pow(2).mean() * weight;
+      },
+      plan.checkpointing);
+  return loss.item<double>();
+}
+
+// The end of every step: the sparsity gradient, the AdamW update, the clamp.
+void FinishGateStep(const GatePlan& plan, double lr, GateState& state, GateStepResult& result) {
+  at::Tensor& gates = state.gates;
+  const double penalty_scale = plan.sparsity_lambda / static_cast<double>(gates.size(1));
   // The sparsity term: d(λ/G·Σa)/da = λ/G for every gate.
   gates.mutable_grad() = gates.grad().defined() ? gates.grad() + penalty_scale : at::full_like(gates, penalty_scale);
   result.penalty = penalty_scale * gates.detach().sum().item<double>();
   state.optimizer.Step(lr);
-  {
-    at::NoGradGuard no_grad;
-    gates.clamp_(0.0, 1.0);
+  at::NoGradGuard no_grad;
+  gates.clamp_(0.0, 1.0);
+}
+
+}  // namespace
+
+absl::StatusOr<GateStepResult> GateOptimizationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
+                                                    const GatePlan& plan, const std::vector<MaskedSample>& samples,
+                                                    double lr, GateState& state) {
+  if (samples.empty()) return absl::InvalidArgumentError("gate optimisation step: no samples");
+  GateStepResult result;
+  const double weight = 1.0 / static_cast<double>(samples.size());
+  for (size_t i = 0; i < samples.size(); ++i) {
+    FM_ASSIGN_OR_RETURN(double d, SampleForwardBackward(teacher, branches, state.gates, plan, samples[i], i, weight));
+    result.distance += d;
+    result.tokens += samples[i].ids.numel();
   }
+  FinishGateStep(plan, lr, state, result);
+  return result;
+}
+
+absl::StatusOr<GateStepResult> ParallelGateOptimizationStep(Replicas& replicas, const GatePlan& plan,
+                                                            const std::vector<MaskedSample>& samples, double lr,
+                                                            GateState& state) {
+  if (samples.empty()) return absl::InvalidArgumentError("gate optimisation step: no samples");
+  const int64_t R = std::min<int64_t>(replicas.size(), static_cast<int64_t>(samples.size()));
+  const double weight = 1.0 / static_cast<double>(samples.size());
+  // Replica 0 trains state.gates itself; the others a leaf copy on their device.
+  std::vector<at::Tensor> gates(R);
+  gates[0] = state.gates;
+  for (int64_t r = 1; r < R; ++r) gates[r] = state.gates.detach().to(replicas.device(r)).clone().requires_grad_(true);
+  std::vector<absl::Status> status(R);
+  std::vector<GateStepResult> part(R);
+  auto work = [&](int64_t r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      const c10::DeviceGuard guard(replicas.device(r));
+      for (size_t i = r; i < samples.size(); i += R) {
+        absl::StatusOr<double> d =
+            SampleForwardBackward(replicas.teacher(r), replicas.branches(r), gates[r], plan, samples[i], i, weight);
+        if (!d.ok()) {
+          status[r] = d.status();
+          return;
+        }
+        part[r].distance += *d;
+        part[r].tokens += samples[i].ids.numel();
+      }
+    } catch (const c10::Error& e) {
+      status[r] = absl::InternalError(
+          StrCat("gate step on ", replicas.device(r).str(), " failed: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      status[r] = absl::InternalError(StrCat("gate step on ", replicas.device(r).str(), " failed: ", e.what()));
+    }
+    part[r].replica_seconds = {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  };
+  replicas.ParallelFor(R, work);
+  for (const absl::Status& s : status) FM_RETURN_IF_ERROR(s);
+  GateStepResult result;
+  for (int64_t r = 0; r < R; ++r) {
+    result.distance += part[r].distance;
+    result.tokens += part[r].tokens;
+    result.replica_seconds.push_back(part[r].replica_seconds.empty() ? 0.0 : part[r].replica_seconds[0]);
+    if (r == 0 || !gates[r].grad().defined()) continue;
+    at::Tensor g = gates[r].grad().to(state.gates.device());
+    state.gates.mutable_grad() = state.gates.grad().defined() ? state.gates.grad() + g : g;
+  }
+  FinishGateStep(plan, lr, state, result);
   return result;
 }
 
@@ -134,6 +204,13 @@ absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<Lin
     return ckpt.Save(s, {{"gates", t}}, step);
   };
 
+  Replicas* replicas = plan.replicas && plan.replicas->size() > 1 ? plan.replicas : nullptr;
+  if (replicas) {
+    if (&replicas->teacher(0) != &teacher || &replicas->branches(0) != &branches)
+      return absl::InvalidArgumentError("gate optimisation: the replicas are not of this teacher and branches");
+    replicas->SyncBranches();
+  }
+
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return resumed_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -151,7 +228,9 @@ absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<Lin
       step_samples.push_back(std::move(s));
     }
     const double lr = CosineLr(step, plan.steps, plan.lr_start, plan.lr_end, plan.warmup_steps);
-    FM_ASSIGN_OR_RETURN(GateStepResult r, GateOptimizationStep(teacher, branches, plan, step_samples, lr, gate_state));
+    FM_ASSIGN_OR_RETURN(GateStepResult r,
+                        replicas ? ParallelGateOptimizationStep(*replicas, plan, step_samples, lr, gate_state)
+                                 : GateOptimizationStep(teacher, branches, plan, step_samples, lr, gate_state));
     report.tokens += r.tokens;
     run_tokens += r.tokens;
     report.distance = r.distance;

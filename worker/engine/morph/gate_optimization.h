@@ -16,6 +16,7 @@
 #include "worker/engine/morph/linear_branch.h"
 #include "worker/engine/morph/optimizer.h"
 #include "worker/engine/morph/progress.h"
+#include "worker/engine/morph/replicas.h"
 
 namespace fm {
 
@@ -36,6 +37,11 @@ struct GatePlan {
   bool checkpointing = true;
   int64_t checkpoint_every = 50;
   int64_t history_every = 10;  // keep the gate vector every N steps in the report
+  // Data parallelism (not owned; null or one replica: the teacher's device only): the step's samples are dealt
+  // round-robin to these replicas of the teacher and branches, refreshed from the caller's branches first
+  // (Replicas::SyncBranches). Not part of the fingerprint: a run may resume on another number of devices (the
+  // result differs only by the order of float sums).
+  Replicas* replicas = nullptr;
 };
 
 struct GateReport {
@@ -59,6 +65,9 @@ struct GateStepResult {
   double distance = 0;  // hidden-state term, averaged over the step's samples
   double penalty = 0;   // λ/G·Σa before the update
   int64_t tokens = 0;
+  // Data-parallel steps: wall seconds of each replica's share (its forward/backward passes, which end in a
+  // synchronising read of the loss), to see the balance; empty for the one-device step.
+  std::vector<double> replica_seconds;
 };
 
 // One step of the stage, as OptimizeGates runs it (and bench/gateopt_bench.cc times it): per sample, the teacher's
@@ -70,6 +79,14 @@ struct GateStepResult {
 absl::StatusOr<GateStepResult> GateOptimizationStep(const Decoder& teacher, std::vector<LinearBranch>& branches,
                                                     const GatePlan& plan, const std::vector<MaskedSample>& samples,
                                                     double lr, GateState& state);
+
+// The same step, data-parallel: sample i runs on replica i % replicas.size(), each replica in its own thread on its
+// own device with its own copy of the gates; the gradients are summed onto state.gates (replica 0's device) before
+// the sparsity term, the AdamW update and the clamp. Equal to GateOptimizationStep on the same samples up to the
+// order of float sums. The replicas' teacher and branches must be frozen copies of the caller's (Replicas).
+absl::StatusOr<GateStepResult> ParallelGateOptimizationStep(Replicas& replicas, const GatePlan& plan,
+                                                            const std::vector<MaskedSample>& samples, double lr,
+                                                            GateState& state);
 
 // The hidden-state distance term on one sample (gates given; no grad): used by tests and the NLL peer.
 absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<LinearBranch>& branches,

@@ -118,9 +118,12 @@ absl::StatusOr<at::Tensor> MorphableModel::ForwardCached(const at::Tensor& ids, 
           return absl::InvalidArgumentError(
               StrCat("ForwardCached: batch size ", ids.size(0), " differs from the cache's (", t.size(0), ")"));
     const int64_t T = ids.size(1);
-    const RopeTables rope = decoder_->Rope(cache->length(), T);
+    RopeOnDevices rope(decoder_->Rope(cache->length(), T));
     at::Tensor x = decoder_->Embed(dev_ids);
-    for (int64_t l = 0; l < c.num_layers; ++l) x = Layer(l, x, rope, mixes[l], cache);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const at::Device dev = decoder_->LayerDevice(l);
+      x = Layer(l, x.to(dev), rope.On(dev), mixes[l], cache);
+    }
     cache->kv.length += T;
     return x;
   } catch (const c10::Error& e) {
@@ -140,11 +143,13 @@ at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<Laye
                                    std::vector<at::Tensor>* inputs) const {
   std::optional<at::NoGradGuard> no_grad;
   if (inputs) no_grad.emplace();
-  RopeTables rope = decoder_->Rope(0, ids.size(1));
+  RopeOnDevices rope(decoder_->Rope(0, ids.size(1)));
   at::Tensor x = decoder_->Embed(ids.to(decoder_->device()));
   for (int64_t l = 0; l < static_cast<int64_t>(mixes.size()); ++l) {
+    const at::Device dev = decoder_->LayerDevice(l);
+    x = x.to(dev);  // layer sharding: the residual stream follows the layers (differentiable)
     if (inputs) inputs->push_back(x);
-    x = Layer(l, x, rope, mixes[l]);
+    x = Layer(l, x, rope.On(dev), mixes[l]);
   }
   return x;
 }
@@ -163,18 +168,18 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
   at::Tensor loss = loss_fn(last);
   loss.backward();
   at::Tensor grad = last.grad();
-  RopeTables rope = decoder_->Rope(0, ids.size(1));
+  RopeOnDevices rope(decoder_->Rope(0, ids.size(1)));
   const bool embed_trains = decoder_->weights().embed_tokens.requires_grad();
   for (int64_t l = static_cast<int64_t>(mixes.size()) - 1; l >= 0; --l) {
     const bool need_input_grad = l > 0 || embed_trains;
     at::Tensor x = inputs[l].detach().requires_grad_(need_input_grad);
-    at::Tensor y = Layer(l, x, rope, mixes[l]);
+    at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l]);
     if (!y.requires_grad()) break;  // nothing below this layer trains
-    y.backward(grad);
+    y.backward(grad.to(y.device()));
     if (need_input_grad) grad = x.grad();
     inputs[l] = at::Tensor();
   }
-  if (embed_trains) decoder_->Embed(ids.to(decoder_->device())).backward(grad);
+  if (embed_trains) decoder_->Embed(ids.to(decoder_->device())).backward(grad.to(decoder_->device()));
   return loss.detach();
 }
 

@@ -26,6 +26,7 @@
 #include "worker/engine/formats/mapped_file.h"
 #include "worker/engine/formats/sha256.h"
 #include "worker/engine/gguf/gguf_file.h"
+#include "worker/engine/model/decoder_placement.h"
 #include "worker/engine/model/gguf_tokenizer.h"
 #include "worker/engine/model/weight_loader.h"
 #include "worker/engine/morph/calibration.h"
@@ -34,6 +35,7 @@
 #include "worker/engine/morph/morphable_model.h"
 #include "worker/engine/morph/nll_selection.h"
 #include "worker/engine/morph/post_training.h"
+#include "worker/engine/morph/replicas.h"
 #include "worker/engine/morph/tensor_file.h"
 #include "worker/engine/tokenizer/tokenizer.h"
 
@@ -233,7 +235,9 @@ class Pipeline {
   ConversionOptions o_;
   ProgressSink& sink_;
   ConversionResult result_;
-  at::Device device_ = at::kCPU;
+  at::Device device_ = at::kCPU;  // the first of devices_: where the embeddings (and an unsharded model) live
+  std::vector<at::Device> devices_;
+  std::unique_ptr<Replicas> replicas_;  // several devices without layer sharding
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Decoder> teacher_, student_copy_;
   std::optional<TextDataset> data_;
@@ -271,21 +275,29 @@ absl::StatusOr<std::unique_ptr<PasskeyGenerator>> Pipeline::Passkeys(DataSplit s
 
 absl::Status Pipeline::Load() {
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    device_ = at::Device(o_.device);
-  } catch (const c10::Error&) {
-    return absl::InvalidArgumentError(StrCat("conversion option device: '", o_.device, "' is not a device"));
+  {
+    absl::StatusOr<std::vector<at::Device>> devices = ParseDeviceList(o_.device);
+    if (!devices.ok())
+      return absl::Status(devices.status().code(), StrCat("conversion option device: ", devices.status().message()));
+    devices_ = *std::move(devices);
+    device_ = devices_.front();
   }
-  if (device_.is_cuda() && !at::hasCUDA())
-    return absl::FailedPreconditionError("device cuda requested, but this build or machine has no CUDA");
   if (o_.threads > 0) at::set_num_threads(static_cast<int>(o_.threads));
   std::error_code ec;
   if (!fs::exists(o_.model_path, ec)) return absl::NotFoundError(StrCat("model ", o_.model_path, " does not exist"));
   FM_ASSIGN_OR_RETURN(tokenizer_, LoadTokenizer(o_.model_path));
   LoadOptions lo;
-  lo.device = device_;
+  const bool sharded = o_.shard_layers && devices_.size() > 1;
+  lo.device = sharded ? at::Device(at::kCPU) : device_;  // a sharded model is placed from host memory
   lo.dtype = ParseDtype(o_.dtype.empty() ? (device_.is_cuda() ? "bfloat16" : "float32") : o_.dtype);
   FM_ASSIGN_OR_RETURN(teacher_, LoadDecoder(o_.model_path, lo));
+  if (sharded) {
+    FM_ASSIGN_OR_RETURN(std::vector<int64_t> part_of,
+                        BalancedLayerSplit(teacher_->config().num_layers, static_cast<int64_t>(devices_.size())));
+    std::vector<at::Device> layer_devices;
+    for (int64_t p : part_of) layer_devices.push_back(devices_[p]);
+    FM_ASSIGN_OR_RETURN(teacher_, PlaceDecoder(*teacher_, layer_devices));
+  }
   const ModelConfig& c = teacher_->config();
   shape_ = {c.num_layers, c.num_heads, c.hidden_size, c.max_position_embeddings, 0};
   ScaleToModel(shape_, device_.is_cuda(), o_);
@@ -321,6 +333,13 @@ absl::Status Pipeline::Load() {
   branch_settings_.kind = o_.branch;
   for (int64_t l = 0; l < c.num_layers; ++l)
     branches_.push_back(LinearBranch::FromTeacher(c, teacher_->weights().layers[l], l, branch_settings_, o_.seed));
+  if (devices_.size() > 1 && !sharded) {
+    FM_ASSIGN_OR_RETURN(replicas_, Replicas::Create(*teacher_, branches_, devices_));
+  }
+  if (devices_.size() > 1)
+    Message(Stage::kLoad, StrCat(devices_.size(), " devices (", o_.device, "): ",
+                                 sharded ? "layers sharded over them"
+                                         : "replicas for data-parallel gates and layer-parallel calibration"));
   result_.timings.push_back({"load", Seconds(t0), 0});
   Message(Stage::kLoad, StrCat("loaded ", o_.model_path, ": ", ArchitectureName(c.arch), ", ", c.num_layers,
                                " layers, ", c.num_heads, " heads; text: ", data_->source_name(), " (",
@@ -343,6 +362,11 @@ absl::Status Pipeline::Calibrate() {
   FM_ASSIGN_OR_RETURN(at::Tensor eval_ids, TextBatch(DataSplit::kHeldOut, 0, s.eval_sequences, T, seed));
   Message(Stage::kCalibration, StrCat("calibrating ", branches_.size(), " ", BranchKindName(o_.branch),
                                       " branches: ", plan.steps, " steps of ", B, "x", T, " tokens"));
+  if (replicas_) {
+    for (int64_t r = 0; r < replicas_->size(); ++r) plan.parallel_teachers.push_back(&replicas_->teacher(r));
+  } else if (devices_.size() > 1) {
+    plan.parallel_teachers.assign(devices_.size(), teacher_.get());  // the sharded model: shard s on device s
+  }
   FM_ASSIGN_OR_RETURN(CalibrationReport r,
                       CalibrateBranches(*teacher_, branches_, plan,
                                         [&](int64_t step) { return TextBatch(DataSplit::kTrain, step * B, B, T, seed); },
@@ -367,6 +391,7 @@ absl::Status Pipeline::Select() {
     plan.sparsity_lambda = g.sparsity_lambda;
     plan.head_level = m == SelectionMethod::kHead;
     plan.checkpointing = g.activation_checkpointing.value_or(true);
+    plan.replicas = replicas_.get();
     plan.fingerprint = StrCat("gates/", SelectionMethodName(m), "/seed", o_.seed, "/steps", plan.steps, "/ctx",
                               g.min_context, "-", g.max_context, "/pk", g.passkeys_per_sample, "x",
                               g.words_per_passkey, "/lr", g.learning_rate_start, "-", g.learning_rate_end, "/lambda",
