@@ -212,7 +212,7 @@ SUBMIT=(--model "$CKPT" --branch "$BRANCH" --seed 0 --label run=gpu-e2e
         --held-out-tokens "$HELD_OUT_TOKENS" --needle-samples "$NEEDLE_SAMPLES")
 for b in $BUDGETS; do SUBMIT+=(--fa-ratio "$b"); done
 for c in $NEEDLE_CTX; do SUBMIT+=(--needle-context "$c"); done
-[ -z "${GPUS:-}" ] || SUBMIT+=(--gpus "$GPUS")          # > 1: the job takes that many GPUs of the worker
+[ -z "${GPUS:-}" ] || SUBMIT+=(--gpus "$GPUS" --gate-batch "$GPUS")  # > 1: the job takes that many GPUs
 [ "${SHARD:-0}" = 0 ] || SUBMIT+=(--shard-layers)       # with GPUS > 1: layer sharding instead of replicas
 echo "submit: ${SUBMIT[*]}" | tee "$OUT/submit.txt"
 JOB=$("$FM" submit "${SUBMIT[@]}")

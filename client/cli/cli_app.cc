@@ -87,6 +87,7 @@ void AddServiceCommands(CLI::App& app, const CliIo& io, const RetryPolicy& retry
     AddOptional(c, "--min-context", f->min_context, "Shortest passkey sample for gates");
     AddOptional(c, "--max-context", f->max_context, "Longest passkey sample for gates");
     AddOptional(c, "--passkeys", f->passkeys, "Passkeys per sample");
+    AddOptional(c, "--gate-batch", f->gate_batch, "Gate samples per step (dealt to the GPUs with --gpus > 1)");
     AddOptional(c, "--lambda", f->lambda, "Sparsity weight of the gate loss (default 0.1)");
     AddOptional(c, "--distill-tokens", f->distill_tokens, "Post-training distillation tokens (0 = skip)");
     AddOptional(c, "--long-context-tokens", f->long_context_tokens, "Long-context fine-tuning tokens (0 = skip)");

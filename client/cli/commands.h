@@ -53,7 +53,7 @@ struct SubmitFlags {
   std::optional<int32_t> gpus;
   bool shard_layers = false;
   std::optional<int64_t> calibration_tokens, gate_tokens, distill_tokens, long_context_tokens, held_out_tokens;
-  std::optional<int32_t> min_context, max_context, passkeys, needle_samples;
+  std::optional<int32_t> min_context, max_context, passkeys, needle_samples, gate_batch;
   std::optional<double> lambda;
   std::vector<int32_t> needle_context;
   bool train_all = false;

@@ -18,7 +18,7 @@ struct ConvertArgs {
   std::string method = "flashmorph", branch = "gated_deltanet", data;
   std::string data_format = "auto";
   int64_t calib_tokens = 0, gate_tokens = 0, distill_tokens = -1, long_tokens = -1;
-  int64_t min_context = 0, max_context = 0, passkeys = 0, words = 0;
+  int64_t min_context = 0, max_context = 0, passkeys = 0, words = 0, gate_batch = 0;
   double lambda = 0.1;
   bool train_all = false, no_eval = false, quiet = false, json = false;
   std::string nll_ablation = "branch";
@@ -114,6 +114,7 @@ int RunConvert(ConvertArgs& a) {
   o.gates.min_context = a.min_context;
   o.gates.max_context = a.max_context;
   o.gates.passkeys_per_sample = a.passkeys;
+  if (a.gate_batch > 0) o.gates.batch_sequences = a.gate_batch;
   o.gates.words_per_passkey = a.words;
   o.gates.sparsity_lambda = a.lambda;
   o.post_training.distill_tokens = a.distill_tokens;
@@ -172,6 +173,7 @@ void AddConvertCommand(CLI::App& app, std::function<int()>& run) {
   c->add_option("--min-context", args->min_context, "Shortest passkey sample for gates (0 = scaled)");
   c->add_option("--max-context", args->max_context, "Longest passkey sample for gates (0 = scaled)");
   c->add_option("--passkeys", args->passkeys, "Passkeys per sample (0 = scaled; paper: 10)");
+  c->add_option("--gate-batch", args->gate_batch, "Gate samples per step (0 = 1; dealt to the devices when several)");
   c->add_option("--passkey-words", args->words, "Words per passkey (0 = scaled; paper: 32)");
   c->add_option("--lambda", args->lambda, "Sparsity weight λ of the gate loss")->capture_default_str();
   c->add_option("--nll-ablation", args->nll_ablation, "branch | window (sliding-window attention)")

@@ -194,6 +194,7 @@ absl::StatusOr<CreateConversionJobRequest> BuildCreateRequest(const SubmitFlags&
   if (f.min_context) spec.mutable_gates()->set_min_context_tokens(*f.min_context);
   if (f.max_context) spec.mutable_gates()->set_max_context_tokens(*f.max_context);
   if (f.passkeys) spec.mutable_gates()->set_passkeys_per_sample(*f.passkeys);
+  if (f.gate_batch) spec.mutable_gates()->set_samples_per_step(*f.gate_batch);
   if (f.lambda) spec.mutable_gates()->set_sparsity_lambda(*f.lambda);
   if (f.distill_tokens) spec.mutable_post_training()->set_distill_tokens(*f.distill_tokens);
   if (f.long_context_tokens) spec.mutable_post_training()->set_long_context_tokens(*f.long_context_tokens);

@@ -29,6 +29,7 @@ using flashmorph::v1::PostTrainingSettings;
 
 constexpr int kMaxBudgets = 16;
 constexpr int kMaxNeedleLengths = 16;
+constexpr int kMaxGateSamplesPerStep = 1024;
 constexpr int kMaxLabels = 64;
 constexpr size_t kMaxLabelBytes = 63;
 constexpr size_t kMaxRevisionBytes = 256;
@@ -209,6 +210,10 @@ absl::Status CheckStageSettings(const ConversionSpec& spec) {
     return Invalid("spec.gates.min_context_tokens",
                    StrCat(g.min_context_tokens(), " is above max_context_tokens ", g.max_context_tokens()));
   FM_RETURN_IF_ERROR(NonNegative("spec.gates.passkeys_per_sample", g.passkeys_per_sample()));
+  FM_RETURN_IF_ERROR(NonNegative("spec.gates.samples_per_step", g.samples_per_step()));
+  if (g.samples_per_step() > kMaxGateSamplesPerStep)
+    return Invalid("spec.gates.samples_per_step",
+                   StrCat("at most ", kMaxGateSamplesPerStep, ", got ", g.samples_per_step()));
 
   const auto& p = spec.post_training();
   if (p.has_distill_tokens()) FM_RETURN_IF_ERROR(NonNegative("spec.post_training.distill_tokens", p.distill_tokens()));

@@ -399,6 +399,9 @@ TEST_F(ClientCliTest, SubmitFlagsOverrideTheSpecFile) {
                  "req-1",
                  "--gpus",
                  "2",
+                 "--shard-layers",
+                 "--gate-batch",
+                 "4",
                  "--lambda",
                  "0.3",
                  "--gate-tokens",
@@ -437,6 +440,8 @@ TEST_F(ClientCliTest, SubmitFlagsOverrideTheSpecFile) {
   (*want.mutable_labels())["team"] = "cv";
   (*want.mutable_labels())["run"] = "a=b";
   want.mutable_resources()->set_gpus(2);
+  want.mutable_resources()->set_shard_layers(true);
+  want.mutable_gates()->set_samples_per_step(4);
   want.mutable_gates()->set_sparsity_lambda(0.3);
   want.mutable_gates()->set_train_tokens(1000);
   want.mutable_post_training()->set_distill_tokens(50);

@@ -47,6 +47,7 @@ TEST(OptionsFromSpec, EveryFieldLands) {
   s.mutable_gates()->set_max_context_tokens(4096);
   s.mutable_gates()->set_passkeys_per_sample(5);
   s.mutable_gates()->set_activation_checkpointing(false);
+  s.mutable_gates()->set_samples_per_step(4);
   s.mutable_post_training()->set_distill_tokens(0);  // optional: 0 = skip
   s.mutable_post_training()->set_long_context_tokens(777);
   s.mutable_post_training()->set_long_context_sequence_tokens(2048);
@@ -88,6 +89,7 @@ TEST(OptionsFromSpec, EveryFieldLands) {
   EXPECT_EQ(o->gates.min_context, s.gates().min_context_tokens());
   EXPECT_EQ(o->gates.max_context, s.gates().max_context_tokens());
   EXPECT_EQ(o->gates.passkeys_per_sample, s.gates().passkeys_per_sample());
+  EXPECT_EQ(o->gates.batch_sequences, s.gates().samples_per_step());
   ASSERT_TRUE(o->gates.activation_checkpointing.has_value());
   EXPECT_FALSE(*o->gates.activation_checkpointing);
   EXPECT_EQ(o->post_training.distill_tokens, 0);
@@ -144,6 +146,7 @@ TEST(OptionsFromSpec, UnsetMeansTheEnginesScaledDefaults) {
   EXPECT_EQ(o->calibration.sequence_length, engine_defaults.calibration.sequence_length);
   EXPECT_EQ(o->calibration.batch_sequences, engine_defaults.calibration.batch_sequences);
   EXPECT_EQ(o->gates.train_tokens, engine_defaults.gates.train_tokens);
+  EXPECT_EQ(o->gates.batch_sequences, engine_defaults.gates.batch_sequences);
   EXPECT_EQ(o->gates.learning_rate_start, engine_defaults.gates.learning_rate_start);
   EXPECT_EQ(o->gates.learning_rate_end, engine_defaults.gates.learning_rate_end);
   EXPECT_EQ(o->gates.sparsity_lambda, 0.1);  // the API's documented default

@@ -202,6 +202,7 @@ absl::StatusOr<fm::ConversionOptions> OptionsFromSpec(const pb::ConversionSpec& 
   FM_RETURN_IF_ERROR(NotNegative(g.min_context_tokens(), "gates.min_context_tokens"));
   FM_RETURN_IF_ERROR(NotNegative(g.max_context_tokens(), "gates.max_context_tokens"));
   FM_RETURN_IF_ERROR(NotNegative(g.passkeys_per_sample(), "gates.passkeys_per_sample"));
+  FM_RETURN_IF_ERROR(NotNegative(g.samples_per_step(), "gates.samples_per_step"));
   o.gates.train_tokens = g.train_tokens();
   o.gates.learning_rate_start = g.learning_rate_start();
   // The API's default end rate is start / 10 (the engine's own default pairs a scaled start with a scaled end).
@@ -210,6 +211,7 @@ absl::StatusOr<fm::ConversionOptions> OptionsFromSpec(const pb::ConversionSpec& 
   o.gates.min_context = g.min_context_tokens();
   o.gates.max_context = g.max_context_tokens();
   o.gates.passkeys_per_sample = g.passkeys_per_sample();
+  if (g.samples_per_step() > 0) o.gates.batch_sequences = g.samples_per_step();
   if (g.has_activation_checkpointing()) o.gates.activation_checkpointing = g.activation_checkpointing();
   if (o.method == fm::SelectionMethod::kNll && g.train_tokens() > 0 && g.max_context_tokens() > 0) {
     const int64_t mean_length = g.min_context_tokens() > 0
