@@ -3,6 +3,7 @@
 // and reproduces the engine's logits, and bad inputs fail with the right status.
 #include "worker/engine/pipeline/conversion.h"
 
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -180,6 +181,12 @@ TEST(Conversion, SeveralDevicesGiveTheOneDeviceResult) {
     EXPECT_EQ((*r)->layouts[0].kept, r1->layouts[0].kept);
     EXPECT_TRUE(near((*r)->layouts[0].scores, r1->layouts[0].scores, 1e-4));
     EXPECT_TRUE(near((*r)->calibration_error_after, r1->calibration_error_after, 1e-5));
+  }
+  if (at::hasCUDA()) {  // on the GPU machine: layers really split between the CPU and the GPU (float32)
+    auto rc = RunConversion(options(Fresh("dev_cpu_gpu"), "cpu,cuda:0", true));
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    EXPECT_EQ(rc->layouts[0].kept, r1->layouts[0].kept);
+    EXPECT_TRUE(near(rc->layouts[0].scores, r1->layouts[0].scores, 1e-3));
   }
   CancelAfter cancel(5);  // 3 calibration steps + 2 gate steps
   EXPECT_EQ(RunConversion(options(moved, "cpu,cpu,cpu", false), &cancel).status().code(), absl::StatusCode::kCancelled);

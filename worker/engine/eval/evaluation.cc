@@ -59,11 +59,13 @@ absl::StatusOr<TextScore> TextAgreement(const Decoder& teacher, const MorphableM
   for (int64_t i = 0; i < windows.size(0); ++i) {
     at::Tensor ids = windows.narrow(0, i, 1).to(model.decoder().device());
     const int64_t T = ids.size(1);
-    at::Tensor targets = ids[0].narrow(0, 1, T - 1);
     auto teacher_out = teacher.Forward(ids);
     if (!teacher_out.ok()) return teacher_out.status();
     at::Tensor lt = at::log_softmax(teacher_out->logits[0].narrow(0, 0, T - 1), -1);
     at::Tensor lm = at::log_softmax(model.decoder().Head(model.Forward(ids, mixes))[0].narrow(0, 0, T - 1), -1);
+    // Layer sharding: ids live with the embeddings, logits with the LM head.
+    at::Tensor targets = ids[0].narrow(0, 1, T - 1).to(lt.device());
+    lm = lm.to(lt.device());
     teacher_nll -= lt.gather(1, targets.unsqueeze(1)).sum().item<double>();
     model_nll -= lm.gather(1, targets.unsqueeze(1)).sum().item<double>();
     kl += (lt.exp() * (lt - lm)).sum().item<double>();

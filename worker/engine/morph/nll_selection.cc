@@ -23,7 +23,8 @@ absl::StatusOr<double> AnswerNll(const MorphableModel& model, const std::vector<
     at::Tensor x = model.Forward(ids, mixes);
     at::Tensor pos = targets_at.to(x.device());
     at::Tensor logits = model.decoder().Head(x[0].index_select(0, pos));
-    at::Tensor targets = ids[0].index_select(0, pos + 1);
+    // Layer sharding: ids live with the embeddings, logits with the LM head.
+    at::Tensor targets = ids[0].index_select(0, (pos + 1).to(ids.device())).to(logits.device());
     total += at::cross_entropy_loss(logits, targets, {}, at::Reduction::Sum).item<double>();
     count += pos.numel();
   }

@@ -133,7 +133,7 @@ absl::StatusOr<PostTrainReport> PostTrain(const Decoder& teacher, const Decoder&
           ids, layout,
           [&](const at::Tensor& x_last) {
             at::Tensor logits = student.Head(x_last.narrow(1, 0, x_last.size(1) - 1));
-            return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets);
+            return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.to(logits.device()));
           },
           plan.checkpointing);
       loss_value = loss.item<double>();
