@@ -8,6 +8,9 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <vector>
 
 #include "kernels/cuda/linear_attention_launch.h"
@@ -95,6 +98,53 @@ struct GlaForwardOut {
   at::Tensor out, final_state, chunk_states;  // padded shapes
 };
 
+std::atomic<int>& ScanSegmentsSetting() {
+  static std::atomic<int> segments{[] {
+    const char* env = std::getenv("FLASHMORPH_SCAN_SEGMENTS");
+    const int v = env ? std::atoi(env) : 1;
+    return v >= 1 ? v : 1;
+  }()};
+  return segments;
+}
+
+// The forward state scan (states entering every chunk, final state), segmented when ForwardScanSegments() > 1 and
+// the sequence has enough chunks: partial scans of the ranges at once, then, per range s >= 1 in order, its true
+// entering state S_s = e^{Γ(s-1)} S_{s-1} + last_{s-1} (S_1 = last_0: the first range started from the initial
+// state) is added, decayed to each chunk, to the range's chunk states.
+void ForwardStates(const Padded& p, const kc::ChunkProblem& prob, int64_t N, at::Tensor& states,
+                   at::Tensor& final_state) {
+  const int64_t segments = std::min<int64_t>(ForwardScanSegments(), N / 4);
+  if (segments < 2) {
+    Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(states),
+                                 final_state.data_ptr<float>(), Stream()),
+          "GlaStateScan");
+    return;
+  }
+  const int64_t BH = p.B * p.H, C = p.Tp / N;
+  at::Tensor last = at::empty({BH, segments, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+  Check(kc::LaunchGlaForwardScanSegments(prob, static_cast<int>(segments), CBf(p.k), CBf(p.v), CF(p.g), CF(p.state),
+                                         Bf(states), last.data_ptr<float>(), Stream()),
+        "GlaStateScan(segments)");
+  // Log decay of every chunk: [BH, N, Dkp] (per channel) or [BH, N, 1].
+  at::Tensor gc = p.per_channel ? p.g.view({BH, N, C, p.Dkp}).sum(2) : p.g.view({BH, N, C}).sum(2, true);
+  auto first = [&](int64_t s) { return s * N / segments; };
+  at::Tensor entering = last.select(1, 0);  // true state entering range 1
+  for (int64_t s = 1; s < segments; ++s) {
+    const int64_t f = first(s), n = first(s + 1) - f;
+    if (s >= 2) {
+      const int64_t pf = first(s - 1), pn = f - pf;
+      entering = gc.narrow(1, pf, pn).sum(1).exp().unsqueeze(-1) * entering + last.select(1, s - 1);
+    }
+    at::Tensor g_range = gc.narrow(1, f, n);
+    at::Tensor decay_in = (g_range.cumsum(1) - g_range).exp().unsqueeze(-1);  // e^{Γ from range start to chunk}
+    at::Tensor st = states.narrow(1, f, n);
+    st.copy_(st.to(at::kFloat) + decay_in * entering.unsqueeze(1));
+  }
+  const int64_t lf = first(segments - 1);
+  at::Tensor final_bh = gc.narrow(1, lf, N - lf).sum(1).exp().unsqueeze(-1) * entering + last.select(1, segments - 1);
+  final_state.view({BH, p.Dkp, p.Dvp}).copy_(final_bh);
+}
+
 GlaForwardOut GlaForward(const Padded& p) {
   const kc::ChunkProblem prob = p.Problem();
   const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
@@ -102,9 +152,7 @@ GlaForwardOut GlaForward(const Padded& p) {
   r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
   r.final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
   r.out = at::empty({p.B * p.H, p.Tp, p.Dvp}, p.q.options());
-  Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(r.chunk_states),
-                               r.final_state.data_ptr<float>(), Stream()),
-        "GlaStateScan");
+  ForwardStates(p, prob, N, r.chunk_states, r.final_state);
   Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(r.chunk_states), Bf(r.out), Stream()),
         "GlaOutput");
   return r;
@@ -163,9 +211,7 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     at::Tensor dstates = at::empty_like(states);
     at::Tensor final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
     at::Tensor dinitial = at::empty_like(final_state);
-    Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(states),
-                                 final_state.data_ptr<float>(), Stream()),
-          "GlaStateScan");
+    ForwardStates(p, prob, N, states, final_state);
     Check(kc::LaunchGlaStateScan(prob, true, CBf(p.q), CBf(dout), CF(p.g), CF(dfinal), Bf(dstates),
                                  dinitial.data_ptr<float>(), Stream()),
           "GlaStateScan(reverse)");
@@ -300,6 +346,9 @@ LinearAttentionResult RecurrentCuda(const at::Tensor& q, const at::Tensor& k, co
 }
 
 }  // namespace
+
+int SetForwardScanSegments(int segments) { return ScanSegmentsSetting().exchange(segments >= 1 ? segments : 1); }
+int ForwardScanSegments() { return ScanSegmentsSetting().load(); }
 
 bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return q.defined() && q.is_cuda() && q.dim() == 4 && v.dim() == 4 && q.size(2) > 0 &&

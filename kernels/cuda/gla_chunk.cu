@@ -85,7 +85,7 @@ template <int C, int BK, int BV, bool kPerChannel, bool kReverse>
 __global__ void __launch_bounds__(kScanThreads)
     GlaStateScanKernel(const bf16* __restrict__ rows_a, const bf16* __restrict__ rows_b, const float* __restrict__ g,
                        const float* __restrict__ s_in, bf16* __restrict__ states, float* __restrict__ s_out, int T,
-                       int DK, int DV) {
+                       int DK, int DV, int segments, float* __restrict__ segment_final) {
   using L = ScanLayout<C, BK, BV, kPerChannel>;
   extern __shared__ __align__(128) char smem[];
   SmemCarver sc{smem};
@@ -102,18 +102,23 @@ __global__ void __launch_bounds__(kScanThreads)
   bf16* a_scaled = sc.Take<bf16>(C * L::LDA);
   float* S = sc.Take<float>(BK * L::LDS);
 
-  const int bh = blockIdx.y, v0 = blockIdx.x * BV, k0 = blockIdx.z * BK, N = T / C;
+  // Grid z = key-row tiles x segments. A segment scans its range of chunks on its own (from the initial state for
+  // the first one, from zero for the others) and leaves its last state in segment_final; the glue combines them.
+  const int k_tiles = DK / BK, seg = blockIdx.z / k_tiles;
+  const int bh = blockIdx.y, v0 = blockIdx.x * BV, k0 = (blockIdx.z % k_tiles) * BK, N = T / C;
+  const int first = static_cast<int>(static_cast<int64_t>(seg) * N / segments);
+  const int count = static_cast<int>(static_cast<int64_t>(seg + 1) * N / segments) - first;
   const bf16* a_base = rows_a + static_cast<int64_t>(bh) * T * DK + k0;
   const bf16* b_base = rows_b + static_cast<int64_t>(bh) * T * DV + v0;
   const float* g_base = g + static_cast<int64_t>(bh) * T * (kPerChannel ? DK : 1) + (kPerChannel ? k0 : 0);
 
   for (int e = threadIdx.x; e < BK * BV; e += blockDim.x) {
     const int d = e / BV, j = e % BV;
-    S[d * L::LDS + j] = s_in ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
+    S[d * L::LDS + j] = s_in && seg == 0 ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
   }
   auto issue = [&](int step) {
     const int buf = step % kScanStages;
-    const int64_t t0 = static_cast<int64_t>(kReverse ? N - 1 - step : step) * C;
+    const int64_t t0 = static_cast<int64_t>(kReverse ? N - 1 - step : first + step) * C;
     AsyncCopyRows(stage_a(buf), L::LDA, a_base + t0 * DK, DK, C, BK);
     AsyncCopyRows(stage_b(buf), L::LDB, b_base + t0 * DV, DV, C, BV);
     if constexpr (kPerChannel) {
@@ -123,12 +128,12 @@ __global__ void __launch_bounds__(kScanThreads)
     }
   };
   for (int step = 0; step < kScanStages - 1; ++step) {
-    if (step < N) issue(step);
+    if (step < count) issue(step);
     __pipeline_commit();
   }
-  for (int step = 0; step < N; ++step) {
-    const int buf = step % kScanStages, n = kReverse ? N - 1 - step : step;
-    if (step + kScanStages - 1 < N) issue(step + kScanStages - 1);
+  for (int step = 0; step < count; ++step) {
+    const int buf = step % kScanStages, n = kReverse ? N - 1 - step : first + step;
+    if (step + kScanStages - 1 < count) issue(step + kScanStages - 1);
     __pipeline_commit();
     __pipeline_wait_prior(kScanStages - 1);
     __syncthreads();
@@ -158,10 +163,14 @@ __global__ void __launch_bounds__(kScanThreads)
     BlockGemm<true, false>(a_scaled, L::LDA, stage_b(buf), L::LDB, S, L::LDS, BK, BV, C, /*accumulate=*/true);
     __syncthreads();
   }
-  if (s_out) {
+  // The last state: the final one ([BH, DK, DV]) or, when segmented, this segment's ([BH, segments, DK, DV]).
+  float* last = segments > 1 ? segment_final + (static_cast<int64_t>(bh) * segments + seg) * DK * DV
+                : s_out      ? s_out + static_cast<int64_t>(bh) * DK * DV
+                             : nullptr;
+  if (last) {
     for (int e = threadIdx.x; e < BK * BV; e += blockDim.x) {
       const int d = e / BV, j = e % BV;
-      s_out[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] = S[d * L::LDS + j];
+      last[static_cast<int64_t>(k0 + d) * DV + v0 + j] = S[d * L::LDS + j];
     }
   }
 }
@@ -482,11 +491,11 @@ __global__ void __launch_bounds__(256)
 
 template <int C, bool kPerChannel, bool kReverse>
 cudaError_t ScanFor(const ChunkProblem& p, const bf16* a, const bf16* b, const float* g, const float* s_in,
-                    bf16* states, float* s_out, cudaStream_t stream) {
+                    bf16* states, float* s_out, cudaStream_t stream, int segments = 1, float* segment_final = nullptr) {
   using L = ScanLayout<C, kScanRows, kScanCols, kPerChannel>;
   return Launch(GlaStateScanKernel<C, kScanRows, kScanCols, kPerChannel, kReverse>,
-                dim3(p.DV / kScanCols, p.BH, p.DK / kScanRows), kScanThreads, L::Bytes(), stream, a, b, g, s_in, states,
-                s_out, p.T, p.DK, p.DV);
+                dim3(p.DV / kScanCols, p.BH, p.DK / kScanRows * segments), kScanThreads, L::Bytes(), stream, a, b, g,
+                s_in, states, s_out, p.T, p.DK, p.DV, segments, segment_final);
 }
 
 template <int C, int DV, bool kPerChannel>
@@ -526,6 +535,17 @@ cudaError_t LaunchGlaStateScan(const ChunkProblem& p, bool reverse, const bf16* 
   if (p.per_channel) return reverse ? FM_SCAN(32, true, true) : FM_SCAN(32, true, false);
   return reverse ? FM_SCAN(64, false, true) : FM_SCAN(64, false, false);
 #undef FM_SCAN
+}
+
+cudaError_t LaunchGlaForwardScanSegments(const ChunkProblem& p, int segments, const bf16* k, const bf16* v,
+                                         const float* g, const float* initial_state, bf16* chunk_states,
+                                         float* segment_final, cudaStream_t stream) {
+  if (!ValidHeads(p) || p.T % ChunkFor(p.per_channel) != 0 || segments < 2 ||
+      segments > p.T / ChunkFor(p.per_channel) || segment_final == nullptr)
+    return cudaErrorInvalidValue;
+  if (p.per_channel)
+    return ScanFor<32, true, false>(p, k, v, g, initial_state, chunk_states, nullptr, stream, segments, segment_final);
+  return ScanFor<64, false, false>(p, k, v, g, initial_state, chunk_states, nullptr, stream, segments, segment_final);
 }
 
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const bf16* q, const bf16* k, const bf16* v, const float* g,
