@@ -107,42 +107,46 @@ std::atomic<int>& ScanSegmentsSetting() {
   return segments;
 }
 
-// The forward state scan (states entering every chunk, final state), segmented when ForwardScanSegments() > 1 and
-// the sequence has enough chunks: partial scans of the ranges at once, then, per range s >= 1 in order, its true
-// entering state S_s = e^{Γ(s-1)} S_{s-1} + last_{s-1} (S_1 = last_0: the first range started from the initial
-// state) is added, decayed to each chunk, to the range's chunk states.
-void ForwardStates(const Padded& p, const kc::ChunkProblem& prob, int64_t N, at::Tensor& states,
-                   at::Tensor& final_state) {
-  const int64_t segments = std::min<int64_t>(ForwardScanSegments(), N / 4);
+// One state pass over the chunks (LaunchGlaStateScan: forward, or reverse for the state gradients), segmented when
+// ScanSegments() > 1 and the sequence has enough chunks: the ranges are scanned at once, then walked in the
+// pass's order: the first range's states are exact (it started from s_in), and each later range gets its true
+// entering state `carry` (carry <- e^{Γ(range)} carry + last(range), starting from the first range's last state)
+// added to its chunk states, decayed from the range's edge where the pass enters it to the chunk. The state after
+// the whole pass goes to last_state.
+void ScanStates(const Padded& p, const kc::ChunkProblem& prob, int64_t N, bool reverse, const at::Tensor& rows_a,
+                const at::Tensor& rows_b, const at::Tensor& s_in, at::Tensor& states, at::Tensor& last_state) {
+  const char* what = reverse ? "GlaStateScan(reverse)" : "GlaStateScan";
+  const int64_t segments = std::min<int64_t>(ScanSegments(), N / 4);
   if (segments < 2) {
-    Check(kc::LaunchGlaStateScan(prob, false, CBf(p.k), CBf(p.v), CF(p.g), CF(p.state), Bf(states),
-                                 final_state.data_ptr<float>(), Stream()),
-          "GlaStateScan");
+    Check(kc::LaunchGlaStateScan(prob, reverse, CBf(rows_a), CBf(rows_b), CF(p.g), CF(s_in), Bf(states),
+                                 last_state.data_ptr<float>(), Stream()),
+          what);
     return;
   }
   const int64_t BH = p.B * p.H, C = p.Tp / N;
   at::Tensor last = at::empty({BH, segments, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
-  Check(kc::LaunchGlaForwardScanSegments(prob, static_cast<int>(segments), CBf(p.k), CBf(p.v), CF(p.g), CF(p.state),
-                                         Bf(states), last.data_ptr<float>(), Stream()),
-        "GlaStateScan(segments)");
+  Check(kc::LaunchGlaStateScanSegments(prob, reverse, static_cast<int>(segments), CBf(rows_a), CBf(rows_b), CF(p.g),
+                                       CF(s_in), Bf(states), last.data_ptr<float>(), Stream()),
+        what);
   // Log decay of every chunk: [BH, N, Dkp] (per channel) or [BH, N, 1].
-  at::Tensor gc = p.per_channel ? p.g.view({BH, N, C, p.Dkp}).sum(2) : p.g.view({BH, N, C}).sum(2, true);
+  const at::Tensor gc = p.per_channel ? p.g.view({BH, N, C, p.Dkp}).sum(2) : p.g.view({BH, N, C}).sum(2, true);
   auto first = [&](int64_t s) { return s * N / segments; };
-  at::Tensor entering = last.select(1, 0);  // true state entering range 1
-  for (int64_t s = 1; s < segments; ++s) {
-    const int64_t f = first(s), n = first(s + 1) - f;
-    if (s >= 2) {
-      const int64_t pf = first(s - 1), pn = f - pf;
-      entering = gc.narrow(1, pf, pn).sum(1).exp().unsqueeze(-1) * entering + last.select(1, s - 1);
+  at::Tensor carry;
+  for (int64_t i = 0; i < segments; ++i) {
+    const int64_t s = reverse ? segments - 1 - i : i;
+    if (i == 0) {
+      carry = last.select(1, s);
+      continue;
     }
-    at::Tensor g_range = gc.narrow(1, f, n);
-    at::Tensor decay_in = (g_range.cumsum(1) - g_range).exp().unsqueeze(-1);  // e^{Γ from range start to chunk}
+    const int64_t f = first(s), n = first(s + 1) - f;
+    const at::Tensor g_range = gc.narrow(1, f, n), incl = g_range.cumsum(1);
+    // Log decay from the edge where the pass enters the range to each chunk (exclusive of the chunk).
+    const at::Tensor to_chunk = reverse ? incl.narrow(1, n - 1, 1) - incl : incl - g_range;
     at::Tensor st = states.narrow(1, f, n);
-    st.copy_(st.to(at::kFloat) + decay_in * entering.unsqueeze(1));
+    st.copy_(st.to(at::kFloat) + to_chunk.exp().unsqueeze(-1) * carry.unsqueeze(1));
+    carry = incl.narrow(1, n - 1, 1).squeeze(1).exp().unsqueeze(-1) * carry + last.select(1, s);
   }
-  const int64_t lf = first(segments - 1);
-  at::Tensor final_bh = gc.narrow(1, lf, N - lf).sum(1).exp().unsqueeze(-1) * entering + last.select(1, segments - 1);
-  final_state.view({BH, p.Dkp, p.Dvp}).copy_(final_bh);
+  last_state.view({BH, p.Dkp, p.Dvp}).copy_(carry);
 }
 
 GlaForwardOut GlaForward(const Padded& p) {
@@ -152,7 +156,7 @@ GlaForwardOut GlaForward(const Padded& p) {
   r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
   r.final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
   r.out = at::empty({p.B * p.H, p.Tp, p.Dvp}, p.q.options());
-  ForwardStates(p, prob, N, r.chunk_states, r.final_state);
+  ScanStates(p, prob, N, /*reverse=*/false, p.k, p.v, p.state, r.chunk_states, r.final_state);
   Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(r.chunk_states), Bf(r.out), Stream()),
         "GlaOutput");
   return r;
@@ -211,10 +215,8 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     at::Tensor dstates = at::empty_like(states);
     at::Tensor final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
     at::Tensor dinitial = at::empty_like(final_state);
-    ForwardStates(p, prob, N, states, final_state);
-    Check(kc::LaunchGlaStateScan(prob, true, CBf(p.q), CBf(dout), CF(p.g), CF(dfinal), Bf(dstates),
-                                 dinitial.data_ptr<float>(), Stream()),
-          "GlaStateScan(reverse)");
+    ScanStates(p, prob, N, /*reverse=*/false, p.k, p.v, p.state, states, final_state);
+    ScanStates(p, prob, N, /*reverse=*/true, p.q, dout, dfinal, dstates, dinitial);
     at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
     at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
     at::Tensor chunk_sums;
@@ -347,8 +349,8 @@ LinearAttentionResult RecurrentCuda(const at::Tensor& q, const at::Tensor& k, co
 
 }  // namespace
 
-int SetForwardScanSegments(int segments) { return ScanSegmentsSetting().exchange(segments >= 1 ? segments : 1); }
-int ForwardScanSegments() { return ScanSegmentsSetting().load(); }
+int SetScanSegments(int segments) { return ScanSegmentsSetting().exchange(segments >= 1 ? segments : 1); }
+int ScanSegments() { return ScanSegmentsSetting().load(); }
 
 bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return q.defined() && q.is_cuda() && q.dim() == 4 && v.dim() == 4 && q.size(2) > 0 &&

@@ -19,10 +19,11 @@ namespace fm::kernels {
 bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // Experimental (default 1 = off; environment FLASHMORPH_SCAN_SEGMENTS sets the start value): the GLA/Lightning
-// forward state scan runs as this many independent ranges of chunks, combined afterwards, for more parallelism on
-// long sequences (docs/KERNELS.md). Returns the previous value. Process-wide.
-int SetForwardScanSegments(int segments);
-int ForwardScanSegments();
+// state scans (forward states, and the backward's reverse pass) run as this many independent ranges of chunks,
+// combined afterwards, for more parallelism on long sequences (docs/KERNELS.md). Returns the previous value.
+// Process-wide.
+int SetScanSegments(int segments);
+int ScanSegments();
 
 LinearAttentionResult GatedLinearAttentionCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& g, const at::Tensor& initial_state);

@@ -103,7 +103,8 @@ __global__ void __launch_bounds__(kScanThreads)
   float* S = sc.Take<float>(BK * L::LDS);
 
   // Grid z = key-row tiles x segments. A segment scans its range of chunks on its own (from the initial state for
-  // the first one, from zero for the others) and leaves its last state in segment_final; the glue combines them.
+  // the range where the pass starts — the first, or the last when reverse — from zero for the others) and leaves
+  // its last state in segment_final; the glue combines them.
   const int k_tiles = DK / BK, seg = blockIdx.z / k_tiles;
   const int bh = blockIdx.y, v0 = blockIdx.x * BV, k0 = (blockIdx.z % k_tiles) * BK, N = T / C;
   const int first = static_cast<int>(static_cast<int64_t>(seg) * N / segments);
@@ -114,11 +115,12 @@ __global__ void __launch_bounds__(kScanThreads)
 
   for (int e = threadIdx.x; e < BK * BV; e += blockDim.x) {
     const int d = e / BV, j = e % BV;
-    S[d * L::LDS + j] = s_in && seg == 0 ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
+    const bool starts = seg == (kReverse ? segments - 1 : 0);
+    S[d * L::LDS + j] = s_in && starts ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
   }
   auto issue = [&](int step) {
     const int buf = step % kScanStages;
-    const int64_t t0 = static_cast<int64_t>(kReverse ? N - 1 - step : first + step) * C;
+    const int64_t t0 = static_cast<int64_t>(kReverse ? first + count - 1 - step : first + step) * C;
     AsyncCopyRows(stage_a(buf), L::LDA, a_base + t0 * DK, DK, C, BK);
     AsyncCopyRows(stage_b(buf), L::LDB, b_base + t0 * DV, DV, C, BV);
     if constexpr (kPerChannel) {
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kScanThreads)
     __pipeline_commit();
   }
   for (int step = 0; step < count; ++step) {
-    const int buf = step % kScanStages, n = kReverse ? N - 1 - step : first + step;
+    const int buf = step % kScanStages, n = kReverse ? first + count - 1 - step : first + step;
     if (step + kScanStages - 1 < count) issue(step + kScanStages - 1);
     __pipeline_commit();
     __pipeline_wait_prior(kScanStages - 1);
@@ -537,15 +539,17 @@ cudaError_t LaunchGlaStateScan(const ChunkProblem& p, bool reverse, const bf16* 
 #undef FM_SCAN
 }
 
-cudaError_t LaunchGlaForwardScanSegments(const ChunkProblem& p, int segments, const bf16* k, const bf16* v,
-                                         const float* g, const float* initial_state, bf16* chunk_states,
-                                         float* segment_final, cudaStream_t stream) {
+cudaError_t LaunchGlaStateScanSegments(const ChunkProblem& p, bool reverse, int segments, const bf16* rows_a,
+                                       const bf16* rows_b, const float* g, const float* initial_state,
+                                       bf16* chunk_states, float* segment_final, cudaStream_t stream) {
   if (!ValidHeads(p) || p.T % ChunkFor(p.per_channel) != 0 || segments < 2 ||
       segments > p.T / ChunkFor(p.per_channel) || segment_final == nullptr)
     return cudaErrorInvalidValue;
-  if (p.per_channel)
-    return ScanFor<32, true, false>(p, k, v, g, initial_state, chunk_states, nullptr, stream, segments, segment_final);
-  return ScanFor<64, false, false>(p, k, v, g, initial_state, chunk_states, nullptr, stream, segments, segment_final);
+#define FM_SCAN(C, PC, REV) \
+  ScanFor<C, PC, REV>(p, rows_a, rows_b, g, initial_state, chunk_states, nullptr, stream, segments, segment_final)
+  if (p.per_channel) return reverse ? FM_SCAN(32, true, true) : FM_SCAN(32, true, false);
+  return reverse ? FM_SCAN(64, false, true) : FM_SCAN(64, false, false);
+#undef FM_SCAN
 }
 
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const bf16* q, const bf16* k, const bf16* v, const float* g,

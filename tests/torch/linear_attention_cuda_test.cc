@@ -150,20 +150,20 @@ TEST(LinearAttentionCuda, GlaBackwardMatchesFloat64) {
   }
 }
 
-// The experimental segmented forward scan (kernels::SetForwardScanSegments): the same checks with the chunks split
-// into 2, 3 and 5 ranges (ragged ones too), forward and backward (the backward recomputes the states with it).
-TEST(LinearAttentionCuda, SegmentedForwardScanMatchesFloat64) {
+// The experimental segmented state scans (kernels::SetScanSegments): the same checks with the chunks split into 2,
+// 3 and 5 ranges (ragged ones too), forward and backward (the forward states and the reverse pass).
+TEST(LinearAttentionCuda, SegmentedScansMatchFloat64) {
   FM_REQUIRE_GPU();
-  const int before = kernels::ForwardScanSegments();
+  const int before = kernels::ScanSegments();
   for (int segments : {2, 3, 5}) {
-    kernels::SetForwardScanSegments(segments);
+    kernels::SetScanSegments(segments);
     for (bool per_channel : {false, true}) {
       CheckGlaForward({2, 3, 1000, 128, 128}, per_channel, /*strong=*/false);
       CheckGlaForward({1, 2, 777, 64, 128}, per_channel, /*strong=*/true);
       CheckGlaBackward({1, 2, 1000, 128, 64}, per_channel);
     }
   }
-  kernels::SetForwardScanSegments(before);
+  kernels::SetScanSegments(before);
 }
 
 struct GdnInputs {
