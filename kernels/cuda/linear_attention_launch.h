@@ -40,10 +40,9 @@ cudaError_t LaunchGlaStateScan(const ChunkProblem& p, bool reverse, const __nv_b
 // get these partial states and segment_final ([BH, segments, DK, DV] fp32) each range's last state (after its
 // last chunk in the direction of the pass). The glue (kernels/linear_attention_cuda.cc) then adds each range's true
 // entering state, decayed, to its chunk states and forms the final state.
-cudaError_t LaunchGlaStateScanSegments(const ChunkProblem& p, bool reverse, int segments,
-                                       const __nv_bfloat16* rows_a, const __nv_bfloat16* rows_b, const float* g,
-                                       const float* initial_state, __nv_bfloat16* chunk_states, float* segment_final,
-                                       cudaStream_t stream);
+cudaError_t LaunchGlaStateScanSegments(const ChunkProblem& p, bool reverse, int segments, const __nv_bfloat16* rows_a,
+                                       const __nv_bfloat16* rows_b, const float* g, const float* initial_state,
+                                       __nv_bfloat16* chunk_states, float* segment_final, cudaStream_t stream);
 
 // o = intra-chunk attention + q decayed against the state entering the chunk. Scalar or per-channel decay.
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const __nv_bfloat16* q, const __nv_bfloat16* k,
