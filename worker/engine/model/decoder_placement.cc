@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/common/str_cat.h"
 
@@ -60,9 +61,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> ReplicateDecoder(const Decoder& source,
 absl::StatusOr<std::vector<at::Device>> ParseDeviceList(const std::string& text) {
   std::vector<at::Device> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    std::string name(part);
-    while (!name.empty() && name.front() == ' ') name.erase(name.begin());
-    while (!name.empty() && name.back() == ' ') name.pop_back();
+    const std::string name(absl::StripAsciiWhitespace(part));
     if (name == "cuda:all" || name == "cuda:*") {
       if (!at::hasCUDA()) return absl::FailedPreconditionError("device cuda:all: this build or machine has no CUDA");
       const int64_t n = static_cast<int64_t>(at::detail::getCUDAHooks().deviceCount());

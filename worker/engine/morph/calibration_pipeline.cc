@@ -67,7 +67,7 @@ absl::StatusOr<int64_t> RunCalibrationPipeline(const CalibrationShards& shards, 
   std::atomic<int64_t> alive{S};
   std::mutex error_mu;
   absl::Status first_error;
-  auto fail = [&](int64_t s, absl::Status st) {
+  auto fail = [&](absl::Status st) {
     {
       std::lock_guard<std::mutex> lock(error_mu);
       if (first_error.ok()) first_error = std::move(st);
@@ -75,7 +75,6 @@ absl::StatusOr<int64_t> RunCalibrationPipeline(const CalibrationShards& shards, 
     stop = true;
     for (auto& c : inbox)
       if (c) c->Close();  // wakes the neighbours: upstream pushes fail, downstream pops end
-    (void)s;
   };
 
   auto shard_main = [&](int64_t s) {
@@ -92,7 +91,7 @@ absl::StatusOr<int64_t> RunCalibrationPipeline(const CalibrationShards& shards, 
           if (stop || next >= steps.end) break;
           absl::StatusOr<at::Tensor> ids = steps.batch(next);
           if (!ids.ok()) {
-            fail(s, ids.status());
+            fail(ids.status());
             break;
           }
           const at::NoGradGuard no_grad;
@@ -131,10 +130,10 @@ absl::StatusOr<int64_t> RunCalibrationPipeline(const CalibrationShards& shards, 
         results.Push(std::move(result));
       }
     } catch (const c10::Error& e) {
-      fail(s, absl::InternalError(
+      fail(absl::InternalError(
                   StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what_without_backtrace())));
     } catch (const std::exception& e) {
-      fail(s, absl::InternalError(StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what())));
+      fail(absl::InternalError(StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what())));
     }
     if (s + 1 < S) inbox[s + 1]->Close();  // downstream finishes what it holds, then ends
     if (--alive == 0) results.Close();

@@ -1,4 +1,5 @@
-// Copies of the frozen teacher and its branches on other devices, for the data-parallel stages (gate optimisation).
+// Copies of the frozen teacher and its branches on other devices: data-parallel gate optimisation runs on all of
+// them; layer-parallel calibration uses the teacher copies, one shard per device.
 // Replica 0 is the caller's own teacher and branches (nothing copied); replica r > 0 holds a copy of both on
 // devices[r]. A replica on the caller's own device shares its tensors (no memory), which is also how the CPU tests
 // run the multi-device code paths. Branch copies are refreshed from replica 0 by SyncBranches().
