@@ -131,7 +131,7 @@ absl::StatusOr<int64_t> RunCalibrationPipeline(const CalibrationShards& shards, 
       }
     } catch (const c10::Error& e) {
       fail(absl::InternalError(
-                  StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what_without_backtrace())));
+          StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what_without_backtrace())));
     } catch (const std::exception& e) {
       fail(absl::InternalError(StrCat("calibration shard ", s, " on ", device.str(), " failed: ", e.what())));
     }
