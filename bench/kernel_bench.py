@@ -324,8 +324,8 @@ class Bench:
                 "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                 "host": platform.node(), "H": self.heads, "D": HEAD_DIM, "reps": self.reps, "warmup": self.warmup,
                 "flop_formula": FLOP_FORMULA, "byte_formula": BYTE_FORMULA, "rate_note": RATE_NOTE,
-                # the experimental segmented forward scan of our GLA/Lightning kernels (docs/KERNELS.md)
-                "scan_segments": int(os.environ.get("FLASHMORPH_SCAN_SEGMENTS", "1") or 1)}
+                # which state pass our GLA/Lightning kernels ran (docs/KERNELS.md)
+                "sequential_scan": os.environ.get("FLASHMORPH_SEQUENTIAL_SCAN", "0") == "1"}
         try:
             import triton
             meta["triton"] = triton.__version__
@@ -665,7 +665,7 @@ class Bench:
               f"TB/s | torch {m['torch']} (CUDA {m['cuda']}) triton {m['triton']} fla {m['fla']} | {m['date']}",
               flush=True)
         print(f"H={self.heads} D={HEAD_DIM} bf16, reps {self.reps} (median) after {self.warmup} warm-up; "
-              f"shapes {self.shapes}; forward scan segments {m['scan_segments']}", flush=True)
+              f"shapes {self.shapes}; state pass {'sequential' if m['sequential_scan'] else 'two-phase'}", flush=True)
         # Ours first and fla last, so that a failure in fla that breaks the CUDA context costs none of our numbers.
         self.check_against_reference("ours")
         self.bench_ours_and_sdpa()

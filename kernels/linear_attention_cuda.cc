@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda_glue.h"
 #include "kernels/gdn_backward.h"
 
 namespace fm::kernels {
@@ -22,14 +23,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace kc = fm::kernels::cuda;
-
-void Check(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": CUDA error ", cudaGetErrorString(err));
-}
-
-__nv_bfloat16* Bf(const at::Tensor& t) { return reinterpret_cast<__nv_bfloat16*>(t.data_ptr()); }
-const __nv_bfloat16* CBf(const at::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
-const float* CF(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+using glue::Bf;
+using glue::CBf;
+using glue::CF;
+using glue::Check;
+using glue::Stream;
 
 int64_t PaddedHead(int64_t d) { return d <= 64 ? 64 : 128; }
 
@@ -86,8 +84,6 @@ at::Tensor UnpadState(const at::Tensor& s, const Padded& p) {
   return s.view({p.B, p.H, p.Dkp, p.Dvp}).narrow(2, 0, p.Dk).narrow(3, 0, p.Dv).contiguous();
 }
 
-cudaStream_t Stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
 // torch::autograd::Function::apply needs defined tensors: "no initial state" travels as an empty tensor.
 at::Tensor StateArg(const at::Tensor& s, const at::Tensor& q) {
   return s.defined() ? s : at::empty({0}, q.options().dtype(at::kFloat));
@@ -98,55 +94,30 @@ struct GlaForwardOut {
   at::Tensor out, final_state, chunk_states;  // padded shapes
 };
 
-std::atomic<int>& ScanSegmentsSetting() {
-  static std::atomic<int> segments{[] {
-    const char* env = std::getenv("FLASHMORPH_SCAN_SEGMENTS");
-    const int v = env ? std::atoi(env) : 1;
-    return v >= 1 ? v : 1;
+std::atomic<bool>& SequentialStateScanSetting() {
+  static std::atomic<bool> sequential{[] {
+    const char* env = std::getenv("FLASHMORPH_SEQUENTIAL_SCAN");
+    return env != nullptr && env[0] == '1';
   }()};
-  return segments;
+  return sequential;
 }
 
-// One state pass over the chunks (LaunchGlaStateScan: forward, or reverse for the state gradients), segmented when
-// ScanSegments() > 1 and the sequence has enough chunks: the ranges are scanned at once, then walked in the
-// pass's order: the first range's states are exact (it started from s_in), and each later range gets its true
-// entering state `carry` (carry <- e^{Γ(range)} carry + last(range), starting from the first range's last state)
-// added to its chunk states, decayed from the range's edge where the pass enters it to the chunk. The state after
-// the whole pass goes to last_state.
-void ScanStates(const Padded& p, const kc::ChunkProblem& prob, int64_t N, bool reverse, const at::Tensor& rows_a,
+// One state pass over the chunks (forward, or reverse for the state gradients): the two-phase pass
+// (LaunchGlaStatePass) by default, the sequential kernel (LaunchGlaStateScan) when SequentialStateScan().
+void ScanStates(const Padded& p, const kc::ChunkProblem& prob, bool reverse, const at::Tensor& rows_a,
                 const at::Tensor& rows_b, const at::Tensor& s_in, at::Tensor& states, at::Tensor& last_state) {
-  const char* what = reverse ? "GlaStateScan(reverse)" : "GlaStateScan";
-  const int64_t segments = std::min<int64_t>(ScanSegments(), N / 4);
-  if (segments < 2) {
+  const char* what = reverse ? "GlaStatePass(reverse)" : "GlaStatePass";
+  if (SequentialStateScan()) {
     Check(kc::LaunchGlaStateScan(prob, reverse, CBf(rows_a), CBf(rows_b), CF(p.g), CF(s_in), Bf(states),
                                  last_state.data_ptr<float>(), Stream()),
           what);
     return;
   }
-  const int64_t BH = p.B * p.H, C = p.Tp / N;
-  at::Tensor last = at::empty({BH, segments, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
-  Check(kc::LaunchGlaStateScanSegments(prob, reverse, static_cast<int>(segments), CBf(rows_a), CBf(rows_b), CF(p.g),
-                                       CF(s_in), Bf(states), last.data_ptr<float>(), Stream()),
+  at::Tensor workspace =
+      at::empty({static_cast<int64_t>(kc::GlaStatePassWorkspaceFloats(prob))}, p.q.options().dtype(at::kFloat));
+  Check(kc::LaunchGlaStatePass(prob, reverse, CBf(rows_a), CBf(rows_b), CF(p.g), CF(s_in), workspace.data_ptr<float>(),
+                               Bf(states), last_state.data_ptr<float>(), Stream()),
         what);
-  // Log decay of every chunk: [BH, N, Dkp] (per channel) or [BH, N, 1].
-  const at::Tensor gc = p.per_channel ? p.g.view({BH, N, C, p.Dkp}).sum(2) : p.g.view({BH, N, C}).sum(2, true);
-  auto first = [&](int64_t s) { return s * N / segments; };
-  at::Tensor carry;
-  for (int64_t i = 0; i < segments; ++i) {
-    const int64_t s = reverse ? segments - 1 - i : i;
-    if (i == 0) {
-      carry = last.select(1, s);
-      continue;
-    }
-    const int64_t f = first(s), n = first(s + 1) - f;
-    const at::Tensor g_range = gc.narrow(1, f, n), incl = g_range.cumsum(1);
-    // Log decay from the edge where the pass enters the range to each chunk (exclusive of the chunk).
-    const at::Tensor to_chunk = reverse ? incl.narrow(1, n - 1, 1) - incl : incl - g_range;
-    at::Tensor st = states.narrow(1, f, n);
-    st.copy_(st.to(at::kFloat) + to_chunk.exp().unsqueeze(-1) * carry.unsqueeze(1));
-    carry = incl.narrow(1, n - 1, 1).squeeze(1).exp().unsqueeze(-1) * carry + last.select(1, s);
-  }
-  last_state.view({BH, p.Dkp, p.Dvp}).copy_(carry);
 }
 
 GlaForwardOut GlaForward(const Padded& p) {
@@ -156,7 +127,7 @@ GlaForwardOut GlaForward(const Padded& p) {
   r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
   r.final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
   r.out = at::empty({p.B * p.H, p.Tp, p.Dvp}, p.q.options());
-  ScanStates(p, prob, N, /*reverse=*/false, p.k, p.v, p.state, r.chunk_states, r.final_state);
+  ScanStates(p, prob, /*reverse=*/false, p.k, p.v, p.state, r.chunk_states, r.final_state);
   Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(r.chunk_states), Bf(r.out), Stream()),
         "GlaOutput");
   return r;
@@ -191,7 +162,13 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     ctx->set_materialize_grads(false);
     const Padded p = Pad(q, k, v, g, nullptr, StateOrUndefined(initial_state));
     GlaForwardOut f = GlaForward(p);
-    ctx->save_for_backward({q, k, v, g, initial_state});
+    // When a backward will follow, keep the chunk states (bf16, [B*H, N, Dk, Dv]: twice q's size at D = 128) and
+    // the padded final state so that it need not scan again.
+    const bool will_backward = q.requires_grad() || k.requires_grad() || v.requires_grad() || g.requires_grad() ||
+                               initial_state.requires_grad();
+    at::Tensor none = at::empty({0}, f.final_state.options());
+    ctx->save_for_backward(
+        {q, k, v, g, initial_state, will_backward ? f.chunk_states : none, will_backward ? f.final_state : none});
     at::Tensor final_state = UnpadState(f.final_state, p);
     return {Unpad(f.out, p, p.Dv, q.scalar_type()), final_state};
   }
@@ -209,14 +186,18 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     at::Tensor dfinal;
     if (grad_final.defined()) dfinal = PadDim(PadDim(grad_final.to(at::kFloat), 2, p.Dkp), 3, p.Dvp).contiguous();
 
-    // States entering each chunk (recomputed), gradients of the states leaving each chunk (reverse scan).
+    // States entering each chunk (kept by the forward, or recomputed), gradients of the states leaving each chunk
+    // (reverse scan).
     const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
-    at::Tensor states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+    at::Tensor states = saved[5], final_state = saved[6];
+    if (states.numel() == 0) {
+      states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+      final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+      ScanStates(p, prob, /*reverse=*/false, p.k, p.v, p.state, states, final_state);
+    }
     at::Tensor dstates = at::empty_like(states);
-    at::Tensor final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
     at::Tensor dinitial = at::empty_like(final_state);
-    ScanStates(p, prob, N, /*reverse=*/false, p.k, p.v, p.state, states, final_state);
-    ScanStates(p, prob, N, /*reverse=*/true, p.q, dout, dfinal, dstates, dinitial);
+    ScanStates(p, prob, /*reverse=*/true, p.q, dout, dfinal, dstates, dinitial);
     at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
     at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
     at::Tensor chunk_sums;
@@ -349,8 +330,8 @@ LinearAttentionResult RecurrentCuda(const at::Tensor& q, const at::Tensor& k, co
 
 }  // namespace
 
-int SetScanSegments(int segments) { return ScanSegmentsSetting().exchange(segments >= 1 ? segments : 1); }
-int ScanSegments() { return ScanSegmentsSetting().load(); }
+bool SetSequentialStateScan(bool on) { return SequentialStateScanSetting().exchange(on); }
+bool SequentialStateScan() { return SequentialStateScanSetting().load(); }
 
 bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return q.defined() && q.is_cuda() && q.dim() == 4 && v.dim() == 4 && q.size(2) > 0 &&

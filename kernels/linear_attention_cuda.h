@@ -18,12 +18,11 @@ namespace fm::kernels {
 
 bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
-// Experimental (default 1 = off; environment FLASHMORPH_SCAN_SEGMENTS sets the start value): the GLA/Lightning
-// state scans (forward states, and the backward's reverse pass) run as this many independent ranges of chunks,
-// combined afterwards, for more parallelism on long sequences (docs/KERNELS.md). Returns the previous value.
-// Process-wide.
-int SetScanSegments(int segments);
-int ScanSegments();
+// The GLA/Lightning state passes run in two phases by default (every chunk's contribution at once, then an
+// elementwise recurrence; docs/KERNELS.md); on (or environment FLASHMORPH_SEQUENTIAL_SCAN=1) selects the older
+// sequential scan kernel, for comparison. Returns the previous value. Process-wide.
+bool SetSequentialStateScan(bool on);
+bool SequentialStateScan();
 
 LinearAttentionResult GatedLinearAttentionCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& g, const at::Tensor& initial_state);

@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #ifdef FLASHMORPH_CUDA
+#include "kernels/fused_ops_cuda.h"
 #include "kernels/rms_norm_cuda.h"
 #endif
 
@@ -17,7 +18,8 @@ at::Tensor RmsNormReference(const at::Tensor& x, const at::Tensor& weight, doubl
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 #ifdef FLASHMORPH_CUDA
-  // The fused kernel has no backward: anything that needs gradients takes the differentiable composition.
+  // bf16 rows: the differentiable row kernel. Other dtypes: the fused forward-only kernel when no gradient is needed.
+  if (RmsNormRowsCudaSupports(x, weight)) return RmsNormRowsCuda(x, weight, eps);
   const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
   if (!needs_grad && x.is_cuda() && RmsNormCudaSupports(x, weight)) return RmsNormCuda(x, weight, eps);
 #endif

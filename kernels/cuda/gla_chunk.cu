@@ -1,9 +1,11 @@
 // Chunked gated linear attention on sm_90 (math: docs/ENGINE.md §1; reference: kernels/linear_attention.cc).
-// Three kernels:
-//   GlaStateScan  sequential over chunks, parallel over (batch*head, 16-column slices of the state): keeps the fp32
-//                 state slice in shared memory, prefetches the next chunk with cp.async, and stores the state at
-//                 every chunk boundary in bf16. Run forwards (k, v) for states, backwards (q, do) for their
-//                 gradients.
+// Kernels:
+//   GlaChunkUpdate + GlaCombine  the state pass in two phases (the default): every chunk's own contribution at once,
+//                 then the elementwise recurrence over chunks; states at chunk boundaries stored in bf16. Run
+//                 forwards (k, v) for states, backwards (q, do) for their gradients.
+//   GlaStateScan  the same pass as one sequential kernel (kept for comparison): parallel over (batch*head, 16-column
+//                 slices of the state), the fp32 state slice in shared memory, the next chunks prefetched with
+//                 cp.async.
 //   GlaOutput     parallel over (chunk, batch*head): intra-chunk scores + the entering state.
 //   GlaGrad       parallel over (chunk, batch*head): dq, dk, dv and dgamma = q.dq - k.dk for dg.
 // Inside a chunk, G is the cumulative log decay (<= 0, non-increasing). Only differences that are <= 0 are
@@ -85,7 +87,7 @@ template <int C, int BK, int BV, bool kPerChannel, bool kReverse>
 __global__ void __launch_bounds__(kScanThreads)
     GlaStateScanKernel(const bf16* __restrict__ rows_a, const bf16* __restrict__ rows_b, const float* __restrict__ g,
                        const float* __restrict__ s_in, bf16* __restrict__ states, float* __restrict__ s_out, int T,
-                       int DK, int DV, int segments, float* __restrict__ segment_final) {
+                       int DK, int DV) {
   using L = ScanLayout<C, BK, BV, kPerChannel>;
   extern __shared__ __align__(128) char smem[];
   SmemCarver sc{smem};
@@ -102,25 +104,18 @@ __global__ void __launch_bounds__(kScanThreads)
   bf16* a_scaled = sc.Take<bf16>(C * L::LDA);
   float* S = sc.Take<float>(BK * L::LDS);
 
-  // Grid z = key-row tiles x segments. A segment scans its range of chunks on its own (from the initial state for
-  // the range where the pass starts — the first, or the last when reverse — from zero for the others) and leaves
-  // its last state in segment_final; the glue combines them.
-  const int k_tiles = DK / BK, seg = blockIdx.z / k_tiles;
-  const int bh = blockIdx.y, v0 = blockIdx.x * BV, k0 = (blockIdx.z % k_tiles) * BK, N = T / C;
-  const int first = static_cast<int>(static_cast<int64_t>(seg) * N / segments);
-  const int count = static_cast<int>(static_cast<int64_t>(seg + 1) * N / segments) - first;
+  const int bh = blockIdx.y, v0 = blockIdx.x * BV, k0 = blockIdx.z * BK, N = T / C;
   const bf16* a_base = rows_a + static_cast<int64_t>(bh) * T * DK + k0;
   const bf16* b_base = rows_b + static_cast<int64_t>(bh) * T * DV + v0;
   const float* g_base = g + static_cast<int64_t>(bh) * T * (kPerChannel ? DK : 1) + (kPerChannel ? k0 : 0);
 
   for (int e = threadIdx.x; e < BK * BV; e += blockDim.x) {
     const int d = e / BV, j = e % BV;
-    const bool starts = seg == (kReverse ? segments - 1 : 0);
-    S[d * L::LDS + j] = s_in && starts ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
+    S[d * L::LDS + j] = s_in ? s_in[(static_cast<int64_t>(bh) * DK + k0 + d) * DV + v0 + j] : 0.f;
   }
   auto issue = [&](int step) {
     const int buf = step % kScanStages;
-    const int64_t t0 = static_cast<int64_t>(kReverse ? first + count - 1 - step : first + step) * C;
+    const int64_t t0 = static_cast<int64_t>(kReverse ? N - 1 - step : step) * C;
     AsyncCopyRows(stage_a(buf), L::LDA, a_base + t0 * DK, DK, C, BK);
     AsyncCopyRows(stage_b(buf), L::LDB, b_base + t0 * DV, DV, C, BV);
     if constexpr (kPerChannel) {
@@ -130,12 +125,12 @@ __global__ void __launch_bounds__(kScanThreads)
     }
   };
   for (int step = 0; step < kScanStages - 1; ++step) {
-    if (step < count) issue(step);
+    if (step < N) issue(step);
     __pipeline_commit();
   }
-  for (int step = 0; step < count; ++step) {
-    const int buf = step % kScanStages, n = kReverse ? first + count - 1 - step : first + step;
-    if (step + kScanStages - 1 < count) issue(step + kScanStages - 1);
+  for (int step = 0; step < N; ++step) {
+    const int buf = step % kScanStages, n = kReverse ? N - 1 - step : step;
+    if (step + kScanStages - 1 < N) issue(step + kScanStages - 1);
     __pipeline_commit();
     __pipeline_wait_prior(kScanStages - 1);
     __syncthreads();
@@ -165,16 +160,128 @@ __global__ void __launch_bounds__(kScanThreads)
     BlockGemm<true, false>(a_scaled, L::LDA, stage_b(buf), L::LDB, S, L::LDS, BK, BV, C, /*accumulate=*/true);
     __syncthreads();
   }
-  // The last state: the final one ([BH, DK, DV]) or, when segmented, this segment's ([BH, segments, DK, DV]).
-  float* last = segments > 1 ? segment_final + (static_cast<int64_t>(bh) * segments + seg) * DK * DV
-                : s_out      ? s_out + static_cast<int64_t>(bh) * DK * DV
-                             : nullptr;
-  if (last) {
+  if (s_out) {
+    float* last = s_out + static_cast<int64_t>(bh) * DK * DV;
     for (int e = threadIdx.x; e < BK * BV; e += blockDim.x) {
       const int d = e / BV, j = e % BV;
       last[static_cast<int64_t>(k0 + d) * DV + v0 + j] = S[d * L::LDS + j];
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Two-phase state pass (the default): the sequential recurrence S <- exp(gamma_n) S + U_n is elementwise once every
+// chunk's own contribution U_n = a_scaled^T b is known, so (1) GlaChunkUpdateKernel forms all U_n at once (tensor
+// cores, parallel over chunks) in fp32 with each chunk's total log decay gamma_n, and (2) GlaCombineKernel runs the
+// recurrence with one thread per state element (coalesced, loads independent of the running state), storing the
+// state before each chunk in bf16. Forward: a = k scaled by exp(G_last - G), b = v. Reverse: a = q scaled by
+// exp(G), b = do, chunks last to first.
+
+constexpr int kUpdRows = 64, kUpdThreads = 256;
+
+template <int C, int DV, bool kPerChannel>
+struct UpdateLayout {
+  static constexpr int LDA = kUpdRows + kPadBf16, LDB = DV + kPadBf16, LDU = DV + kPadF32;
+  static constexpr int LDG = kPerChannel ? kUpdRows + kPadF32 : C;
+  static constexpr int GROWS = kPerChannel ? C : 1;
+  static size_t Bytes() {
+    SmemSize s;
+    s.Take<bf16>(C * LDA);
+    s.Take<bf16>(C * LDB);
+    s.Take<float>(GROWS * LDG);
+    s.Take<float>(kUpdRows * LDU);
+    return s.used;
+  }
+};
+
+// Grid (DK / 64, N, BH): a block forms the [64 x DV] rows k0.. of chunk n's U (and gamma).
+template <int C, int DV, bool kPerChannel, bool kReverse>
+__global__ void __launch_bounds__(kUpdThreads)
+    GlaChunkUpdateKernel(const bf16* __restrict__ rows_a, const bf16* __restrict__ rows_b, const float* __restrict__ g,
+                         float* __restrict__ updates, float* __restrict__ gamma, int T, int DK) {
+  using L = UpdateLayout<C, DV, kPerChannel>;
+  extern __shared__ __align__(128) char smem[];
+  SmemCarver sc{smem};
+  bf16* A = sc.Take<bf16>(C * L::LDA);
+  bf16* B = sc.Take<bf16>(C * L::LDB);
+  float* G = sc.Take<float>(L::GROWS * L::LDG);
+  float* U = sc.Take<float>(kUpdRows * L::LDU);
+  const int k0 = blockIdx.x * kUpdRows, n = blockIdx.y, bh = blockIdx.z, N = T / C;
+  const int64_t t0 = static_cast<int64_t>(n) * C;
+  AsyncCopyRows(A, L::LDA, rows_a + (static_cast<int64_t>(bh) * T + t0) * DK + k0, DK, C, kUpdRows);
+  AsyncCopyRows(B, L::LDB, rows_b + (static_cast<int64_t>(bh) * T + t0) * DV, DV, C, DV);
+  if constexpr (kPerChannel) {
+    AsyncCopyRowsF32(G, L::LDG, g + (static_cast<int64_t>(bh) * T + t0) * DK + k0, DK, C, kUpdRows);
+  } else {
+    CopyDecays<C, false>(G, C, g + static_cast<int64_t>(bh) * T, t0, 1);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  CumsumDecays<C, kPerChannel>(G, L::LDG, kUpdRows);
+  __syncthreads();
+  for (int e = threadIdx.x; e < C * kUpdRows; e += blockDim.x) {
+    const int i = e / kUpdRows, d = e % kUpdRows;
+    const float gi = kPerChannel ? G[i * L::LDG + d] : G[i];
+    const float gl = kPerChannel ? G[(C - 1) * L::LDG + d] : G[C - 1];
+    A[i * L::LDA + d] = ToBf(ToF(A[i * L::LDA + d]) * (kReverse ? __expf(gi) : __expf(gl - gi)));
+  }
+  __syncthreads();
+  BlockGemm<true, false>(A, L::LDA, B, L::LDB, U, L::LDU, kUpdRows, DV, C, /*accumulate=*/false);
+  __syncthreads();
+  float* out = updates + ((static_cast<int64_t>(bh) * N + n) * DK + k0) * DV;
+  for (int e = threadIdx.x; e < kUpdRows * DV; e += blockDim.x) {
+    const int d = e / DV, j = e % DV;
+    out[static_cast<int64_t>(d) * DV + j] = U[d * L::LDU + j];
+  }
+  if constexpr (kPerChannel) {
+    for (int d = threadIdx.x; d < kUpdRows; d += blockDim.x)
+      gamma[(static_cast<int64_t>(bh) * N + n) * DK + k0 + d] = G[(C - 1) * L::LDG + d];
+  } else {
+    if (blockIdx.x == 0 && threadIdx.x == 0) gamma[static_cast<int64_t>(bh) * N + n] = G[C - 1];
+  }
+}
+
+// One thread per state element (bh, d, j): walks the chunks in the pass's order.
+template <bool kPerChannel, bool kReverse>
+__global__ void GlaCombineKernel(const float* __restrict__ updates, const float* __restrict__ gamma,
+                                 const float* __restrict__ s_in, bf16* __restrict__ states, float* __restrict__ s_out,
+                                 int N, int DK, int DV, int64_t total) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= total) return;
+  const int64_t per_head = static_cast<int64_t>(DK) * DV, bh = idx / per_head, rem = idx % per_head;
+  const int d = static_cast<int>(rem / DV);
+  const float* u = updates + bh * N * per_head + rem;
+  bf16* st = states + bh * N * per_head + rem;
+  const float* gm = kPerChannel ? gamma + bh * N * DK + d : gamma + bh * N;
+  const int gstride = kPerChannel ? DK : 1;
+  float S = s_in ? s_in[idx] : 0.f;
+#pragma unroll 8
+  for (int step = 0; step < N; ++step) {
+    const int n = kReverse ? N - 1 - step : step;
+    st[n * per_head] = ToBf(S);
+    S = __expf(gm[n * gstride]) * S + u[n * per_head];
+  }
+  if (s_out) s_out[idx] = S;
+}
+
+template <int C, bool kPerChannel, bool kReverse>
+cudaError_t TwoPhaseFor(const ChunkProblem& p, const bf16* a, const bf16* b, const float* g, const float* s_in,
+                        float* updates, float* gamma, bf16* states, float* s_out, cudaStream_t stream) {
+  const int N = p.T / C;
+  cudaError_t err =
+      p.DV == 64
+          ? Launch(GlaChunkUpdateKernel<C, 64, kPerChannel, kReverse>, dim3(p.DK / kUpdRows, N, p.BH), kUpdThreads,
+                   UpdateLayout<C, 64, kPerChannel>::Bytes(), stream, a, b, g, updates, gamma, p.T, p.DK)
+          : Launch(GlaChunkUpdateKernel<C, 128, kPerChannel, kReverse>, dim3(p.DK / kUpdRows, N, p.BH), kUpdThreads,
+                   UpdateLayout<C, 128, kPerChannel>::Bytes(), stream, a, b, g, updates, gamma, p.T, p.DK);
+  if (err != cudaSuccess) return err;
+  const int64_t total = static_cast<int64_t>(p.BH) * p.DK * p.DV;
+  const int threads = 256;
+  GlaCombineKernel<kPerChannel, kReverse>
+      <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(updates, gamma, s_in, states,
+                                                                                       s_out, N, p.DK, p.DV, total);
+  return cudaGetLastError();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -493,11 +600,11 @@ __global__ void __launch_bounds__(256)
 
 template <int C, bool kPerChannel, bool kReverse>
 cudaError_t ScanFor(const ChunkProblem& p, const bf16* a, const bf16* b, const float* g, const float* s_in,
-                    bf16* states, float* s_out, cudaStream_t stream, int segments = 1, float* segment_final = nullptr) {
+                    bf16* states, float* s_out, cudaStream_t stream) {
   using L = ScanLayout<C, kScanRows, kScanCols, kPerChannel>;
   return Launch(GlaStateScanKernel<C, kScanRows, kScanCols, kPerChannel, kReverse>,
-                dim3(p.DV / kScanCols, p.BH, p.DK / kScanRows * segments), kScanThreads, L::Bytes(), stream, a, b, g,
-                s_in, states, s_out, p.T, p.DK, p.DV, segments, segment_final);
+                dim3(p.DV / kScanCols, p.BH, p.DK / kScanRows), kScanThreads, L::Bytes(), stream, a, b, g, s_in, states,
+                s_out, p.T, p.DK, p.DV);
 }
 
 template <int C, int DV, bool kPerChannel>
@@ -539,17 +646,23 @@ cudaError_t LaunchGlaStateScan(const ChunkProblem& p, bool reverse, const bf16* 
 #undef FM_SCAN
 }
 
-cudaError_t LaunchGlaStateScanSegments(const ChunkProblem& p, bool reverse, int segments, const bf16* rows_a,
-                                       const bf16* rows_b, const float* g, const float* initial_state,
-                                       bf16* chunk_states, float* segment_final, cudaStream_t stream) {
-  if (!ValidHeads(p) || p.T % ChunkFor(p.per_channel) != 0 || segments < 2 ||
-      segments > p.T / ChunkFor(p.per_channel) || segment_final == nullptr)
-    return cudaErrorInvalidValue;
-#define FM_SCAN(C, PC, REV) \
-  ScanFor<C, PC, REV>(p, rows_a, rows_b, g, initial_state, chunk_states, nullptr, stream, segments, segment_final)
-  if (p.per_channel) return reverse ? FM_SCAN(32, true, true) : FM_SCAN(32, true, false);
-  return reverse ? FM_SCAN(64, false, true) : FM_SCAN(64, false, false);
-#undef FM_SCAN
+size_t GlaStatePassWorkspaceFloats(const ChunkProblem& p) {
+  const int64_t N = p.T / ChunkFor(p.per_channel);
+  return static_cast<size_t>(p.BH) * N * (static_cast<int64_t>(p.DK) * p.DV + (p.per_channel ? p.DK : 1));
+}
+
+cudaError_t LaunchGlaStatePass(const ChunkProblem& p, bool reverse, const bf16* rows_a, const bf16* rows_b,
+                               const float* g, const float* initial_state, float* workspace, bf16* chunk_states,
+                               float* final_state, cudaStream_t stream) {
+  if (!ValidHeads(p) || p.T % ChunkFor(p.per_channel) != 0 || workspace == nullptr) return cudaErrorInvalidValue;
+  if (p.BH == 0 || p.T == 0) return cudaSuccess;
+  float* updates = workspace;
+  float* gamma = workspace + static_cast<int64_t>(p.BH) * (p.T / ChunkFor(p.per_channel)) * p.DK * p.DV;
+#define FM_PASS(C, PC, REV) \
+  TwoPhaseFor<C, PC, REV>(p, rows_a, rows_b, g, initial_state, updates, gamma, chunk_states, final_state, stream)
+  if (p.per_channel) return reverse ? FM_PASS(32, true, true) : FM_PASS(32, true, false);
+  return reverse ? FM_PASS(64, false, true) : FM_PASS(64, false, false);
+#undef FM_PASS
 }
 
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const bf16* q, const bf16* k, const bf16* v, const float* g,

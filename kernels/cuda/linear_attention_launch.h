@@ -35,14 +35,14 @@ cudaError_t LaunchGlaStateScan(const ChunkProblem& p, bool reverse, const __nv_b
                                const __nv_bfloat16* rows_b, const float* g, const float* initial_state,
                                __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
 
-// LaunchGlaStateScan split over `segments` (2..N) contiguous ranges of chunks scanned at once: the range where the
-// pass starts (the first; the last when reverse) from initial_state (or zeros), the others from zero; chunk_states
-// get these partial states and segment_final ([BH, segments, DK, DV] fp32) each range's last state (after its
-// last chunk in the direction of the pass). The glue (kernels/linear_attention_cuda.cc) then adds each range's true
-// entering state, decayed, to its chunk states and forms the final state.
-cudaError_t LaunchGlaStateScanSegments(const ChunkProblem& p, bool reverse, int segments, const __nv_bfloat16* rows_a,
-                                       const __nv_bfloat16* rows_b, const float* g, const float* initial_state,
-                                       __nv_bfloat16* chunk_states, float* segment_final, cudaStream_t stream);
+// The same pass in two phases (what the glue runs by default): every chunk's own contribution to the state and its
+// total log decay at once (tensor cores, parallel over chunks), then the elementwise recurrence over chunks with one
+// thread per state element. Same results as LaunchGlaStateScan up to fp32 rounding. `workspace`: fp32 scratch of
+// GlaStatePassWorkspaceFloats(p) elements.
+size_t GlaStatePassWorkspaceFloats(const ChunkProblem& p);
+cudaError_t LaunchGlaStatePass(const ChunkProblem& p, bool reverse, const __nv_bfloat16* rows_a,
+                               const __nv_bfloat16* rows_b, const float* g, const float* initial_state,
+                               float* workspace, __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
 
 // o = intra-chunk attention + q decayed against the state entering the chunk. Scalar or per-channel decay.
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const __nv_bfloat16* q, const __nv_bfloat16* k,

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "kernels/fused_ops.h"
 #include "kernels/rms_norm.h"
 #include "worker/engine/common/str_cat.h"
 
@@ -88,12 +89,15 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   at::Tensor q = Linear(x, w.q_proj, w.q_bias).view({B, T, H, hd});
   at::Tensor k = Linear(x, w.k_proj, w.k_bias).view({B, T, Hkv, hd});
   at::Tensor v = Linear(x, w.v_proj, w.v_bias).view({B, T, Hkv, hd});
-  if (config_.qk_norm) {
-    q = kernels::RmsNorm(q, w.q_norm, config_.rms_norm_eps);
-    k = kernels::RmsNorm(k, w.k_norm, config_.rms_norm_eps);
-  }
-  q = ApplyRope(q.transpose(1, 2), rope);
-  k = ApplyRope(k.transpose(1, 2), rope);
+  // q/k norm (Qwen3) and the rotary embedding in one pass per tensor; [B, T, h, hd] -> [B, h, T, hd] views.
+  kernels::HeadTransformSpec spec;
+  spec.eps = config_.rms_norm_eps;
+  spec.cos = rope.cos;
+  spec.sin = rope.sin;
+  if (config_.qk_norm) spec.norm_weight = w.q_norm;
+  q = kernels::HeadTransform(q, spec).transpose(1, 2);
+  if (config_.qk_norm) spec.norm_weight = w.k_norm;
+  k = kernels::HeadTransform(k, spec).transpose(1, 2);
   v = v.transpose(1, 2);
   int64_t offset = 0;
   if (cache) {
@@ -121,11 +125,17 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   return out.transpose(1, 2).reshape({B, T, H * hd});
 }
 
-at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const {
+at::Tensor Decoder::MlpActivation(int64_t layer, const at::Tensor& h) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
-  at::Tensor gate = at::silu(Linear(h, w.gate_proj, w.gate_bias));
-  return Linear(gate * Linear(h, w.up_proj, w.up_bias), w.down_proj, w.down_bias);
+  return kernels::SwiGlu(Linear(h, w.gate_proj, w.gate_bias), Linear(h, w.up_proj, w.up_bias));
 }
+
+at::Tensor Decoder::MlpDown(int64_t layer, const at::Tensor& activation) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  return Linear(activation, w.down_proj, w.down_bias);
+}
+
+at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const { return MlpDown(layer, MlpActivation(layer, h)); }
 
 at::Tensor Decoder::Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
                           at::Tensor* attention_output, at::Tensor* normed_input) const {

@@ -75,6 +75,9 @@ class Decoder {
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
+  // The MLP in two parts: the activation silu(gate) * up (the down projection's input), and the down projection.
+  at::Tensor MlpActivation(int64_t layer, const at::Tensor& h_normed) const;
+  at::Tensor MlpDown(int64_t layer, const at::Tensor& activation) const;
   // One whole decoder layer: residual stream in -> out (x on the layer's device); the attention block's output
   // and its input-normed input go to `attention_output` and `normed_input` when given.
   at::Tensor Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,

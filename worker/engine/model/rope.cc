@@ -102,11 +102,4 @@ const RopeTables& RopeOnDevices::On(const at::Device& device) {
   return copies_.back().second;
 }
 
-at::Tensor ApplyRope(const at::Tensor& x, const RopeTables& t) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  at::Tensor rotated = at::cat({-x2, x1}, -1);
-  return x * t.cos + rotated * t.sin;
-}
-
 }  // namespace fm

@@ -34,7 +34,6 @@ class RopeOnDevices {
 
 RopeFrequencies ComputeRopeFrequencies(const ModelConfig& config, const at::Device& device);
 RopeTables MakeRopeTables(const RopeFrequencies& f, int64_t start, int64_t length, at::ScalarType dtype);
-// x: [B, H, T, head_dim]; returns x*cos + rotate_half(x)*sin.
-at::Tensor ApplyRope(const at::Tensor& x, const RopeTables& t);
+// The rotation itself is applied by kernels::HeadTransform (kernels/fused_ops.h) with these tables.
 
 }  // namespace fm

@@ -5,8 +5,8 @@
 
 #include <cmath>
 
+#include "kernels/fused_ops.h"
 #include "kernels/linear_attention.h"
-#include "kernels/rms_norm.h"
 
 namespace fm {
 namespace {
@@ -127,24 +127,20 @@ at::Tensor LinearBranch::HeadOutputs(const at::Tensor& x, at::Tensor* state) con
   at::Tensor q = heads(Linear(x, q_proj_, q_bias_));
   at::Tensor k = heads(Linear(x, k_proj_, k_bias_));
   at::Tensor v = heads(Linear(x, v_proj_, v_bias_));
-  if (q_norm_.defined()) q = kernels::RmsNorm(q, q_norm_, eps_);
-  if (k_norm_.defined()) k = kernels::RmsNorm(k, k_norm_, eps_);
   const BranchKind kind = settings_.kind;
-  if (kind == BranchKind::kLightning) {
-    q = at::silu(q);
-    k = at::silu(k);
-  } else if (kind == BranchKind::kGatedDeltaNet) {
-    auto l2 = [](const at::Tensor& u) {
-      at::Tensor f = u.to(at::kFloat);
-      return (f * at::rsqrt((f * f).sum(-1, true) + 1e-6)).to(u.scalar_type());
-    };
-    q = l2(at::silu(q));
-    k = l2(at::silu(k));
-  }
-  q = q * (1.0 / std::sqrt(static_cast<double>(D)));
-  // Kernel layout [B, H, T, D].
-  q = q.transpose(1, 2);
-  k = k.transpose(1, 2);
+  // Feature maps in one pass per tensor, written in the kernels' layout [B, H, T, D]: (q/k norm), then silu for
+  // Lightning; silu and L2 normalisation for Gated DeltaNet; identity for GLA; q scaled by D^-1/2.
+  kernels::HeadTransformSpec spec;
+  spec.eps = eps_;
+  spec.silu = kind != BranchKind::kGla;
+  spec.l2 = kind == BranchKind::kGatedDeltaNet;
+  spec.heads_first = true;
+  spec.norm_weight = q_norm_;
+  spec.scale = 1.0 / std::sqrt(static_cast<double>(D));
+  q = kernels::HeadTransform(q, spec);
+  spec.norm_weight = k_norm_;
+  spec.scale = 1.0;
+  k = kernels::HeadTransform(k, spec);
   v = v.transpose(1, 2);
   at::Tensor initial = state ? *state : at::Tensor();
   kernels::LinearAttentionResult r;
@@ -172,14 +168,17 @@ at::Tensor LinearBranch::HeadOutputs(const at::Tensor& x, at::Tensor* state) con
                         : kernels::GatedLinearAttentionChunked(q, k, v, g, initial, settings_.chunk_size);
   }
   if (state) *state = r.final_state;
-  at::Tensor o = r.output.transpose(1, 2);  // [B, T, H, D]
+  // Output norm (RMS without a weight for Lightning; with o_norm and the SiLU output gate otherwise), back in
+  // [B, T, H, D].
+  kernels::HeadTransformSpec norm;
+  norm.eps = eps_;
   if (kind == BranchKind::kLightning) {
-    at::Tensor f = o.to(at::kFloat);
-    o = (f * at::rsqrt(f.pow(2).mean(-1, true) + eps_)).to(x.scalar_type());
+    norm.unit_norm = true;
   } else {
-    o = kernels::RmsNorm(o, o_norm_, eps_);
-    o = o * at::silu(Linear(x, g_proj_, g_bias_)).view({B, T, H, D});
+    norm.norm_weight = o_norm_;
   }
+  at::Tensor o = kernels::HeadTransform(r.output.transpose(1, 2), norm);
+  if (kind != BranchKind::kLightning) o = kernels::SwiGlu(Linear(x, g_proj_, g_bias_).view({B, T, H, D}), o);
   return o.reshape({B, T, H * D});
 }
 

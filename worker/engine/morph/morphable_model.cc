@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <optional>
 
@@ -173,9 +174,20 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
   for (int64_t l = static_cast<int64_t>(mixes.size()) - 1; l >= 0; --l) {
     const bool need_input_grad = l > 0 || embed_trains;
     at::Tensor x = inputs[l].detach().requires_grad_(need_input_grad);
-    at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l]);
-    if (!y.requires_grad()) break;  // nothing below this layer trains
-    y.backward(grad.to(y.device()));
+    const DecoderLayerWeights& w = decoder_->weights().layers[l];
+    if (w.down_proj.requires_grad() || (w.down_bias.defined() && w.down_bias.requires_grad())) {
+      at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l]);
+      if (!y.requires_grad()) break;  // nothing below this layer trains
+      y.backward(grad.to(y.device()));
+    } else {
+      // The layer's output y = h + down(a) is not needed, only its gradient: with the down projection frozen,
+      // dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the down projection's input a.
+      at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l]);
+      at::Tensor a = decoder_->MlpActivation(l, decoder_->PostAttentionNorm(l, h));
+      if (!h.requires_grad()) break;  // nothing below this layer trains
+      const at::Tensor g = grad.to(h.device());
+      torch::autograd::backward({h, a}, {g, at::matmul(g, w.down_proj)});
+    }
     if (need_input_grad) grad = x.grad();
     inputs[l] = at::Tensor();
   }

@@ -1,0 +1,224 @@
+// The fused row ops (kernels/fused_ops.h, RMSNorm rows) against float64 evaluations of the same formulas: the ATen
+// references on the CPU always (what CPU CI runs), and the CUDA kernels (kernels/fused_ops_cuda.h) on a GPU, forward
+// and every gradient, at several head sizes, layouts (strided input, heads-first output), with and without each
+// stage, on fresh random inputs (seed printed).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/fused_ops.h"
+#include "kernels/rms_norm.h"
+
+#ifdef FLASHMORPH_CUDA
+#include "kernels/fused_ops_cuda.h"
+#endif
+
+namespace fm {
+namespace {
+
+uint64_t FreshSeed() {
+  const uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  at::manual_seed(seed);
+  return seed;
+}
+
+double RelErr(const at::Tensor& got, const at::Tensor& want) {
+  at::Tensor g = got.detach().to(at::kCPU, at::kDouble), w = want.detach().to(at::kCPU, at::kDouble);
+  return (g - w).norm().item<double>() / (w.norm().item<double>() + 1e-30);
+}
+
+bool AllFinite(const at::Tensor& t) { return at::isfinite(t.detach()).all().item<bool>(); }
+
+// Gradients of sum(y * dy) with respect to the leaf tensors `inputs`.
+std::vector<at::Tensor> Grads(const at::Tensor& y, const at::Tensor& dy, const std::vector<at::Tensor>& inputs) {
+  for (const at::Tensor& t : inputs) t.mutable_grad() = at::Tensor();
+  (y.to(at::kDouble) * dy.to(y.device(), at::kDouble)).sum().backward();
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : inputs) out.push_back(t.grad());
+  return out;
+}
+
+// The spec's formula in float64 on [B, T, H, D] (differentiable; no intermediate roundings).
+at::Tensor HeadTransformFloat64(const at::Tensor& x, const kernels::HeadTransformSpec& s, const at::Tensor& w) {
+  at::Tensor y = x;
+  if (w.defined() || s.unit_norm) {
+    y = y * at::rsqrt(y.pow(2).mean(-1, true) + s.eps);
+    if (w.defined()) y = y * w;
+  }
+  if (s.cos.defined()) {
+    const int64_t T = y.size(1), D = y.size(3);
+    y = kernels::RotaryReference(y, s.cos.to(at::kCPU, at::kDouble).view({T, 1, D}),
+                                 s.sin.to(at::kCPU, at::kDouble).view({T, 1, D}));
+  }
+  if (s.silu) y = y * at::sigmoid(y);
+  if (s.l2) y = y * at::rsqrt(y.pow(2).sum(-1, true) + 1e-6);
+  y = y * s.scale;
+  return s.heads_first ? y.transpose(1, 2) : y;
+}
+
+struct Case {
+  std::string name;
+  bool weight = false, unit = false, rope = false, silu = false, l2 = false, heads_first = false;
+  double scale = 1.0;
+  bool weight_grad = false, transposed_input = false;
+};
+
+// The engine's uses: attention q/k (norm + rope, rope only), branch feature maps (Lightning, GDN, GLA), branch output
+// norms (unit, weighted, from the kernels' [B, H, T, D] layout), plus every stage alone.
+const std::vector<Case> kCases = {
+    {"qk_norm_rope", true, false, true},
+    {"rope_only", false, false, true},
+    {"lightning_q", true, false, false, true, false, true, 0.088},
+    {"gdn_k", true, false, false, true, true, true},
+    {"gla_q", false, false, false, false, false, true, 0.125},
+    {"unit_norm_from_heads_first", false, true, false, false, false, false, 1.0, false, true},
+    {"weighted_norm_trains", true, false, false, false, false, false, 1.0, true, true},
+    {"silu_only", false, false, false, true},
+    {"l2_only", false, false, false, false, true},
+};
+
+at::Tensor RopeTable(int64_t T, int64_t D, bool cosine) {
+  at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, at::kDouble) / static_cast<double>(D));
+  at::Tensor ang = at::outer(at::arange(T, at::kDouble), inv);
+  at::Tensor emb = at::cat({ang, ang}, -1);
+  return cosine ? emb.cos() : emb.sin();
+}
+
+// Runs `op` on inputs of `dtype`/`device` built from the case, checks output and gradients against float64.
+void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::ScalarType dtype,
+               const at::Device& device, bool fused, double tol) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(c.name + " B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) +
+               " D=" + std::to_string(D) + " seed=" + std::to_string(seed));
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  // Rounded once to the test dtype; the float64 side starts from the same values.
+  at::Tensor base = (at::randn({B, T, H, D}, at::kDouble) * 2 + 0.3).to(dtype);
+  at::Tensor w_base = (1 + 0.3 * at::randn({D}, at::kDouble)).to(dtype);
+  at::Tensor x = c.transposed_input ? base.transpose(1, 2).contiguous().to(device).transpose(1, 2) : base.to(device);
+  x = x.detach().requires_grad_(true);
+  kernels::HeadTransformSpec spec;
+  spec.eps = 1e-6;
+  spec.unit_norm = c.unit;
+  spec.silu = c.silu;
+  spec.l2 = c.l2;
+  spec.scale = c.scale;
+  spec.heads_first = c.heads_first;
+  at::Tensor w;
+  if (c.weight) {
+    w = w_base.to(device).detach().requires_grad_(c.weight_grad);
+    spec.norm_weight = w;
+  }
+  if (c.rope) {
+    spec.cos = RopeTable(T, D, true).to(opts);
+    spec.sin = RopeTable(T, D, false).to(opts);
+  }
+#ifdef FLASHMORPH_CUDA
+  if (fused) ASSERT_TRUE(kernels::HeadTransformCudaSupports(x, spec));
+#endif
+  at::Tensor y = kernels::HeadTransform(x, spec);
+  ASSERT_EQ(y.scalar_type(), dtype);
+  if (c.heads_first) {
+    ASSERT_EQ(y.sizes(), (std::vector<int64_t>{B, H, T, D}));
+    if (fused) EXPECT_TRUE(y.is_contiguous());
+  } else {
+    ASSERT_EQ(y.sizes(), x.sizes());
+  }
+  at::Tensor dy = at::randn(y.sizes(), at::kDouble).to(dtype);
+  std::vector<at::Tensor> inputs = {x};
+  if (c.weight_grad) inputs.push_back(w);
+  std::vector<at::Tensor> grads = Grads(y, dy, inputs);
+
+  at::Tensor x64 = base.to(at::kDouble).requires_grad_(true);
+  at::Tensor w64 = c.weight ? w_base.to(at::kDouble).requires_grad_(c.weight_grad) : at::Tensor();
+  at::Tensor y64 = HeadTransformFloat64(x64, spec, w64);
+  std::vector<at::Tensor> in64 = {x64};
+  if (c.weight_grad) in64.push_back(w64);
+  std::vector<at::Tensor> g64 = Grads(y64, dy, in64);
+
+  EXPECT_TRUE(AllFinite(y));
+  EXPECT_LE(RelErr(y, y64), tol) << "output";
+  EXPECT_LE(RelErr(grads[0], g64[0]), 2 * tol) << "dx";
+  if (c.weight_grad) EXPECT_LE(RelErr(grads[1], g64[1]), 2 * tol) << "dweight";
+}
+
+TEST(FusedOps, HeadTransformReferenceMatchesFloat64OnCpu) {
+  for (const Case& c : kCases)
+    for (int64_t D : {64, 48}) CheckCase(c, 2, 5, 3, D, at::kFloat, at::kCPU, false, 1e-5);
+}
+
+TEST(FusedOps, SwiGluAndRmsNormReferencesOnCpu) {
+  FreshSeed();
+  at::Tensor g = at::randn({3, 7, 40}, at::kDouble), u = at::randn({3, 7, 40}, at::kDouble);
+  EXPECT_LE(RelErr(kernels::SwiGlu(g.to(at::kFloat), u.to(at::kFloat)), g * at::sigmoid(g) * u), 1e-6);
+  at::Tensor x = at::randn({4, 48}, at::kDouble), w = at::randn({48}, at::kDouble);
+  EXPECT_LE(RelErr(kernels::RmsNorm(x.to(at::kFloat), w.to(at::kFloat), 1e-6),
+                   w * x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-6)),
+            1e-6);
+}
+
+#ifdef FLASHMORPH_CUDA
+#define FM_REQUIRE_GPU() \
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU"
+
+TEST(FusedOpsCuda, HeadTransformMatchesFloat64) {
+  FM_REQUIRE_GPU();
+  for (const Case& c : kCases)
+    for (int64_t D : {64, 128, 256}) {
+      CheckCase(c, 2, 37, 3, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
+      CheckCase(c, 1, 300, 16, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
+    }
+}
+
+TEST(FusedOpsCuda, RmsNormRowsMatchFloat64WithGradient) {
+  FM_REQUIRE_GPU();
+  for (int64_t D : {8, 192, 1000, 2048, 5120}) {
+    const uint64_t seed = FreshSeed();
+    SCOPED_TRACE("D=" + std::to_string(D) + " seed=" + std::to_string(seed));
+    at::Tensor base = (at::randn({3, 129, D}, at::kDouble) * 3 + 0.5).to(at::kBFloat16);
+    at::Tensor wb = (1 + 0.3 * at::randn({D}, at::kDouble)).to(at::kBFloat16);
+    at::Tensor x = base.cuda().requires_grad_(true), w = wb.cuda();
+    ASSERT_TRUE(kernels::RmsNormRowsCudaSupports(x, w));
+    at::Tensor y = kernels::RmsNorm(x, w, 1e-6);
+    at::Tensor dy = at::randn(y.sizes(), at::kDouble).to(at::kBFloat16);
+    at::Tensor dx = Grads(y, dy, {x})[0];
+    at::Tensor x64 = base.to(at::kDouble).requires_grad_(true), w64 = wb.to(at::kDouble);
+    at::Tensor y64 = w64 * x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-6);
+    at::Tensor dx64 = Grads(y64, dy, {x64})[0];
+    EXPECT_TRUE(AllFinite(y));
+    EXPECT_LE(RelErr(y, y64), 8e-3);
+    EXPECT_LE(RelErr(dx, dx64), 1.6e-2);
+    // Strided input: made contiguous inside, same result.
+    at::Tensor wide = at::cat({base, base}, -1).cuda();
+    EXPECT_LE(RelErr(kernels::RmsNorm(wide.narrow(-1, D, D), w, 1e-6), y), 1e-6);
+  }
+}
+
+TEST(FusedOpsCuda, SwiGluMatchesFloat64WithGradient) {
+  FM_REQUIRE_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  at::Tensor gb = (at::randn({2, 333, 96}, at::kDouble) * 3).to(at::kBFloat16);
+  at::Tensor ub = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
+  at::Tensor g = gb.cuda().requires_grad_(true), u = ub.cuda().requires_grad_(true);
+  ASSERT_TRUE(kernels::SwiGluCudaSupports(g, u));
+  at::Tensor y = kernels::SwiGlu(g, u);
+  at::Tensor dy = at::randn(y.sizes(), at::kDouble).to(at::kBFloat16);
+  auto grads = Grads(y, dy, {g, u});
+  at::Tensor g64 = gb.to(at::kDouble).requires_grad_(true), u64 = ub.to(at::kDouble).requires_grad_(true);
+  at::Tensor y64 = g64 * at::sigmoid(g64) * u64;
+  auto want = Grads(y64, dy, {g64, u64});
+  EXPECT_LE(RelErr(y, y64), 8e-3);
+  EXPECT_LE(RelErr(grads[0], want[0]), 1.6e-2);
+  EXPECT_LE(RelErr(grads[1], want[1]), 1.6e-2);
+  // Every element written: a NaN-filled buffer reused by the allocator would show.
+  EXPECT_TRUE(AllFinite(y) && AllFinite(grads[0]) && AllFinite(grads[1]));
+}
+#endif
+
+}  // namespace
+}  // namespace fm
