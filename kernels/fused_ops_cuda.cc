@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
+#include <cstdlib>
+
 #include "kernels/cuda/row_ops_launch.h"
 #include "kernels/cuda_glue.h"
 
@@ -66,9 +69,22 @@ kc::HeadRows Rows(const at::Tensor& t) {  // t: [B, T, H, D] view
 
 // The non-tensor part of a HeadTransformSpec, as the autograd function carries it.
 struct HeadFlags {
-  bool unit_norm = false, silu = false, l2 = false, heads_first = false;
+  bool unit_norm = false, silu = false, l2 = false, heads_first = false, vectorized = false;
   double eps = 1e-6, scale = 1.0;
 };
+
+std::atomic<bool>& VectorizedHeadTransformSetting() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FLASHMORPH_VECTOR_HEADS");
+    return env != nullptr && env[0] == '1';
+  }()};
+  return on;
+}
+
+// Every [D] row starts on a 16-byte boundary (the vectorized kernels' 8-element loads).
+bool RowsAligned(const at::Tensor& t) {
+  return Aligned16(t) && t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
+}
 
 kc::HeadTransformArgs Args(const at::Tensor& weight, const at::Tensor& cos, const at::Tensor& sin, const HeadFlags& f) {
   kc::HeadTransformArgs a;
@@ -80,6 +96,7 @@ kc::HeadTransformArgs Args(const at::Tensor& weight, const at::Tensor& cos, cons
   a.silu = f.silu;
   a.l2 = f.l2;
   a.scale = static_cast<float>(f.scale);
+  a.vectorized = f.vectorized;
   return a;
 }
 
@@ -95,6 +112,8 @@ class HeadTransformFunction : public torch::autograd::Function<HeadTransformFunc
     at::Tensor y =
         heads_first ? at::empty({B, H, T, D}, x.options()).transpose(1, 2) : at::empty({B, T, H, D}, x.options());
     at::Tensor w = Opt(weight), c = Opt(cos), s = Opt(sin);
+    flags.vectorized = flags.vectorized && B * T * H < (1LL << 31) && RowsAligned(x) &&
+                       (!w.defined() || Aligned16(w)) && (!c.defined() || (Aligned16(c) && Aligned16(s)));
     Check(kc::LaunchHeadTransform(Rows(x), Rows(y), Args(w, c, s, flags), CBf(x), Bf(y), Stream()), "HeadTransform");
     ctx->save_for_backward({x, weight, cos, sin});
     ctx->saved_data["unit_norm"] = flags.unit_norm;
@@ -102,6 +121,7 @@ class HeadTransformFunction : public torch::autograd::Function<HeadTransformFunc
     ctx->saved_data["l2"] = flags.l2;
     ctx->saved_data["eps"] = flags.eps;
     ctx->saved_data["scale"] = flags.scale;
+    ctx->saved_data["vectorized"] = flags.vectorized;
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -115,8 +135,9 @@ class HeadTransformFunction : public torch::autograd::Function<HeadTransformFunc
     flags.l2 = ctx->saved_data["l2"].toBool();
     flags.eps = ctx->saved_data["eps"].toDouble();
     flags.scale = ctx->saved_data["scale"].toDouble();
+    flags.vectorized = ctx->saved_data["vectorized"].toBool();
     at::Tensor dy = grads[0].to(at::kBFloat16);
-    if (dy.stride(3) != 1) dy = dy.contiguous();
+    if (dy.stride(3) != 1 || (flags.vectorized && !RowsAligned(dy))) dy = dy.clone(at::MemoryFormat::Contiguous);
     // Same layout as x (e.g. a branch output read in the kernels' [B, H, T, D] order gets its gradient in that order).
     at::Tensor dx = at::empty_like(x);
     at::Tensor dw;
@@ -151,6 +172,9 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
 };
 
 }  // namespace
+
+bool SetVectorizedHeadTransform(bool on) { return VectorizedHeadTransformSetting().exchange(on); }
+bool VectorizedHeadTransform() { return VectorizedHeadTransformSetting().load(); }
 
 bool RmsNormRowsCudaSupports(const at::Tensor& x, const at::Tensor& weight) {
   if (!Bf16Cuda(x) || !Bf16Cuda(weight) || !SameDevice(x, weight) || weight.dim() != 1 || x.dim() < 1 ||
@@ -193,6 +217,7 @@ at::Tensor HeadTransformCuda(const at::Tensor& x, const HeadTransformSpec& spec)
   flags.l2 = spec.l2;
   flags.scale = spec.scale;
   flags.heads_first = spec.heads_first;
+  flags.vectorized = VectorizedHeadTransform();
   at::Tensor y = HeadTransformFunction::apply(x, Arg(spec.norm_weight, x), Arg(spec.cos, x), Arg(spec.sin, x), flags);
   return spec.heads_first ? y.transpose(1, 2) : y;
 }

@@ -14,6 +14,12 @@ namespace fm::kernels {
 bool RmsNormRowsCudaSupports(const at::Tensor& x, const at::Tensor& weight);
 at::Tensor RmsNormRowsCuda(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// Experimental (default off; environment FLASHMORPH_VECTOR_HEADS=1 sets the start value): HeadTransform's
+// vectorized kernels (8 elements per lane, 16-byte loads) for inputs whose rows are 16-byte aligned; the others keep
+// one warp per row. Compile-checked, to be timed on the GPU (docs/KERNELS.md). Returns the previous value.
+bool SetVectorizedHeadTransform(bool on);
+bool VectorizedHeadTransform();
+
 // bf16 CUDA [B, T, H, D] x with D in {64, 128, 256} and a unit last stride; bf16 weight and [T, D] tables on the
 // same device. Differentiable in x and in a weight that requires gradients.
 bool HeadTransformCudaSupports(const at::Tensor& x, const HeadTransformSpec& spec);

@@ -328,6 +328,212 @@ __global__ void HeadTransformBackwardKernel(int64_t rows, HeadRows xl, HeadRows 
   }
 }
 
+// ---- Head transforms, vectorized (HeadTransformArgs::vectorized): G = D / 8 lanes per row, each holding 8
+// consecutive elements (one 16-byte load), 32 / G rows per warp; row sums over the lane group by xor-shuffles; the
+// rotary partner d + D/2 sits G/2 lanes away. Needs 16-byte aligned rows (strides multiples of 8 elements).
+template <int G>
+__device__ __forceinline__ float GroupSum(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+// RowPtr with 32-bit index arithmetic (rows < 2^31, which the glue checks): cheaper than 64-bit division.
+__device__ __forceinline__ const __nv_bfloat16* RowPtr32(const __nv_bfloat16* base, const HeadRows& r, int row,
+                                                         int* t_out) {
+  const int h = row % r.H, bt = row / r.H, t = bt % r.T, b = bt / r.T;
+  *t_out = t;
+  return base + b * r.stride_b + t * r.stride_t + h * r.stride_h;
+}
+
+__device__ __forceinline__ void Load8(const __nv_bfloat16* p, float (&f)[8]) {
+  Unpack(*reinterpret_cast<const uint4*>(p), f);
+}
+
+// sub = the lane's index in its row group; every lane of the warp calls this (shuffles), valid row or not.
+template <int G>
+__device__ __forceinline__ void VecForwardRow(float (&v)[8], int t, const HeadTransformArgs& a, int sub) {
+  constexpr int D = 8 * G;
+  const int c0 = 8 * sub;
+  if (a.weight || a.unit_norm) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    const float rstd = rsqrtf(GroupSum<G>(ss) / static_cast<float>(D) + a.eps);
+    float w[8];
+    if (a.weight) Load8(a.weight + c0, w);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = a.weight ? Round(w[e] * Round(v[e] * rstd)) : Round(v[e] * rstd);
+  }
+  if (a.cos) {
+    float c[8], sn[8], p[8];
+    Load8(a.cos + static_cast<int64_t>(t) * D + c0, c);
+    Load8(a.sin + static_cast<int64_t>(t) * D + c0, sn);
+    const float sign = sub < G / 2 ? -1.f : 1.f;  // x1 c - x2 s (first half), x2 c + x1 s (second half)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p[e] = __shfl_xor_sync(kFull, v[e], G / 2);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = Round(Round(v[e] * c[e]) + Round(sign * p[e] * sn[e]));
+  }
+  if (a.silu) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = Round(v[e] * Sigmoid(v[e]));
+  }
+  if (a.l2) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    const float inv = rsqrtf(GroupSum<G>(ss) + 1e-6f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = Round(v[e] * inv);
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] *= a.scale;
+}
+
+// x in v, dy in g (becomes dx); the weight's gradient accumulates into dw. Same math as HeadBackwardRow.
+template <int G>
+__device__ __forceinline__ void VecBackwardRow(float (&v)[8], float (&g)[8], int t, const HeadTransformArgs& a, int sub,
+                                               float (&dw)[8]) {
+  constexpr int D = 8 * G;
+  const int c0 = 8 * sub, partner0 = 8 * (sub ^ (G / 2));
+  float xh[8], pre[8], w[8];
+  float rstd = 1.f, rho_inv = 1.f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) w[e] = 1.f;
+  if (a.weight) Load8(a.weight + c0, w);
+  const bool norm = a.weight || a.unit_norm;
+  if (norm) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    rstd = rsqrtf(GroupSum<G>(ss) / static_cast<float>(D) + a.eps);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      xh[e] = v[e] * rstd;
+      v[e] = w[e] * xh[e];
+    }
+  }
+  float c[8], sn[8], psn[8];
+  const float sign = sub < G / 2 ? -1.f : 1.f;
+  if (a.cos) {
+    Load8(a.cos + static_cast<int64_t>(t) * D + c0, c);
+    Load8(a.sin + static_cast<int64_t>(t) * D + c0, sn);
+    Load8(a.sin + static_cast<int64_t>(t) * D + partner0, psn);
+    float p[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) p[e] = __shfl_xor_sync(kFull, v[e], G / 2);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = v[e] * c[e] + sign * p[e] * sn[e];
+  }
+  if (a.silu) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      pre[e] = v[e];
+      v[e] = v[e] * Sigmoid(v[e]);
+    }
+  }
+  if (a.l2) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    rho_inv = rsqrtf(GroupSum<G>(ss) + 1e-6f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] *= rho_inv;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) g[e] *= a.scale;
+  if (a.l2) {
+    float dot = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dot += g[e] * v[e];
+    dot = GroupSum<G>(dot);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = (g[e] - v[e] * dot) * rho_inv;
+  }
+  if (a.silu) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float sg = Sigmoid(pre[e]);
+      g[e] *= sg * (1.f + pre[e] * (1.f - sg));
+    }
+  }
+  if (a.cos) {  // first half: g1 c1 + g2 s2; second half: g2 c2 - g1 s1 (the partner's g and sin)
+    float pg[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) pg[e] = __shfl_xor_sync(kFull, g[e], G / 2);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = g[e] * c[e] - sign * pg[e] * psn[e];
+  }
+  if (norm) {
+    float dot = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      dw[e] += g[e] * xh[e];
+      g[e] *= w[e];
+      dot += g[e] * xh[e];
+    }
+    dot = GroupSum<G>(dot) / static_cast<float>(D);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) g[e] = rstd * (g[e] - xh[e] * dot);
+  }
+}
+
+template <int G>
+__global__ void HeadTransformVecKernel(int64_t rows, HeadRows in, HeadRows out, HeadTransformArgs a,
+                                       const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y) {
+  constexpr int kRowsPerWarp = 32 / G;
+  const int lane = threadIdx.x & 31, sub = lane % G;
+  for (int64_t first = FirstRow() * kRowsPerWarp; first < rows; first += RowStep() * kRowsPerWarp) {
+    const int64_t row = first + lane / G;
+    const bool valid = row < rows;
+    int t = 0;
+    float v[8] = {};
+    if (valid) Load8(RowPtr32(x, in, static_cast<int>(row), &t) + 8 * sub, v);
+    VecForwardRow<G>(v, t, a, sub);
+    if (valid) {
+      int t2;
+      *reinterpret_cast<uint4*>(const_cast<__nv_bfloat16*>(RowPtr32(y, out, static_cast<int>(row), &t2)) + 8 * sub) =
+          Pack(v);
+    }
+  }
+}
+
+template <int G>
+__global__ void HeadTransformVecBackwardKernel(int64_t rows, HeadRows xl, HeadRows gl, HeadRows dl, HeadTransformArgs a,
+                                               const __nv_bfloat16* __restrict__ x,
+                                               const __nv_bfloat16* __restrict__ dy, __nv_bfloat16* __restrict__ dx,
+                                               float* __restrict__ dweight) {
+  constexpr int kRowsPerWarp = 32 / G, D = 8 * G;
+  const int lane = threadIdx.x & 31, sub = lane % G;
+  float dw[8] = {};
+  for (int64_t first = FirstRow() * kRowsPerWarp; first < rows; first += RowStep() * kRowsPerWarp) {
+    const int64_t row = first + lane / G;
+    const bool valid = row < rows;
+    int t = 0, tg;
+    float v[8] = {}, g[8] = {};
+    if (valid) {
+      Load8(RowPtr32(x, xl, static_cast<int>(row), &t) + 8 * sub, v);
+      Load8(RowPtr32(dy, gl, static_cast<int>(row), &tg) + 8 * sub, g);
+    }
+    VecBackwardRow<G>(v, g, t, a, sub, dw);
+    if (valid) {
+      int td;
+      *reinterpret_cast<uint4*>(const_cast<__nv_bfloat16*>(RowPtr32(dx, dl, static_cast<int>(row), &td)) + 8 * sub) =
+          Pack(g);
+    }
+  }
+  if (dweight) {  // block-level sum in shared memory, then one atomic per element and block
+    __shared__ float part[D];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) part[i] = 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < 8; ++e) atomicAdd(&part[8 * sub + e], dw[e]);
+    __syncthreads();
+    for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(&dweight[i], part[i]);
+  }
+}
+
 // ---- SwiGLU, 8 elements per thread.
 __global__ void SwiGluKernel(int64_t nvec, const uint4* __restrict__ g, const uint4* __restrict__ u,
                              uint4* __restrict__ y) {
@@ -364,6 +570,13 @@ __global__ void SwiGluBackwardKernel(int64_t nvec, const uint4* __restrict__ g, 
 template <int E>
 cudaError_t HeadForward(int64_t rows, const HeadRows& in, const HeadRows& out, const HeadTransformArgs& a,
                         const __nv_bfloat16* x, __nv_bfloat16* y, cudaStream_t stream) {
+  if (a.vectorized) {
+    constexpr int G = 32 * E / 8, kRowsPerBlock = kWarps * 32 / G;
+    HeadTransformVecKernel<G>
+        <<<Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, 1 << 16), 32 * kWarps, 0, stream>>>(
+            rows, in, out, a, x, y);
+    return cudaGetLastError();
+  }
   const int64_t iters = (rows + kRowsPerIter - 1) / kRowsPerIter;
   HeadTransformKernel<E><<<Blocks(iters, 1 << 16), 32 * kWarps, 0, stream>>>(rows, in, out, a, x, y);
   return cudaGetLastError();
@@ -373,6 +586,13 @@ template <int E>
 cudaError_t HeadBackward(int64_t rows, const HeadRows& xl, const HeadRows& gl, const HeadRows& dl,
                          const HeadTransformArgs& a, const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx,
                          float* dweight, cudaStream_t stream) {
+  if (a.vectorized) {
+    constexpr int G = 32 * E / 8, kRowsPerBlock = kWarps * 32 / G;
+    HeadTransformVecBackwardKernel<G>
+        <<<Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, dweight ? 1024 : (1 << 16)), 32 * kWarps, 0,
+           stream>>>(rows, xl, gl, dl, a, x, dy, dx, dweight);
+    return cudaGetLastError();
+  }
   // With a weight gradient, fewer blocks (more rows per warp) keep the atomics few.
   const int64_t iters = (rows + kBackwardRowsPerIter - 1) / kBackwardRowsPerIter;
   HeadTransformBackwardKernel<E>

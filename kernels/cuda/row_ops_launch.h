@@ -37,6 +37,9 @@ struct HeadTransformArgs {
   const __nv_bfloat16* sin = nullptr;
   bool silu = false, l2 = false;
   float scale = 1.f;
+  // 8 elements per lane with 16-byte loads (D / 8 lanes per row) instead of one warp per row with 2-byte loads; needs
+  // every row of x, y, dy, dx, the weight and the tables 16-byte aligned (strides multiples of 8 elements).
+  bool vectorized = false;
 };
 // D in {64, 128, 256}.
 bool HeadTransformSupported(int D);

@@ -66,6 +66,7 @@ struct Case {
   bool weight = false, unit = false, rope = false, silu = false, l2 = false, heads_first = false;
   double scale = 1.0;
   bool weight_grad = false, transposed_input = false;
+  bool offset_input = false;  // rows start 8 bytes past a 16-byte boundary (the vectorized kernels fall back)
 };
 
 // The engine's uses: attention q/k (norm + rope, rope only), branch feature maps (Lightning, GDN, GLA), branch output
@@ -80,6 +81,7 @@ const std::vector<Case> kCases = {
     {"weighted_norm_trains", true, false, false, false, false, false, 1.0, true, true},
     {"silu_only", false, false, false, true},
     {"l2_only", false, false, false, false, true},
+    {"qk_norm_rope_offset_rows", true, false, true, false, false, false, 1.0, false, false, true},
 };
 
 at::Tensor RopeTable(int64_t T, int64_t D, bool cosine) {
@@ -100,6 +102,7 @@ void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::Sc
   at::Tensor base = (at::randn({B, T, H, D}, at::kDouble) * 2 + 0.3).to(dtype);
   at::Tensor w_base = (1 + 0.3 * at::randn({D}, at::kDouble)).to(dtype);
   at::Tensor x = c.transposed_input ? base.transpose(1, 2).contiguous().to(device).transpose(1, 2) : base.to(device);
+  if (c.offset_input) x = at::cat({at::zeros({B, T, H, 4}, x.options()), x}, -1).narrow(-1, 4, D);
   x = x.detach().requires_grad_(true);
   kernels::HeadTransformSpec spec;
   spec.eps = 1e-6;
@@ -165,13 +168,21 @@ TEST(FusedOps, SwiGluAndRmsNormReferencesOnCpu) {
 #define FM_REQUIRE_GPU() \
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU"
 
+// Both kernel families: one warp per row (default) and the vectorized one (SetVectorizedHeadTransform), which
+// falls back to the first for rows that are not 16-byte aligned.
 TEST(FusedOpsCuda, HeadTransformMatchesFloat64) {
   FM_REQUIRE_GPU();
-  for (const Case& c : kCases)
-    for (int64_t D : {64, 128, 256}) {
-      CheckCase(c, 2, 37, 3, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
-      CheckCase(c, 1, 300, 16, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
-    }
+  const bool before = kernels::VectorizedHeadTransform();
+  for (bool vectorized : {false, true}) {
+    kernels::SetVectorizedHeadTransform(vectorized);
+    SCOPED_TRACE(vectorized ? "vectorized" : "warp per row");
+    for (const Case& c : kCases)
+      for (int64_t D : {64, 128, 256}) {
+        CheckCase(c, 2, 37, 3, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
+        CheckCase(c, 1, 300, 16, D, at::kBFloat16, at::kCUDA, true, 1.2e-2);
+      }
+  }
+  kernels::SetVectorizedHeadTransform(before);
 }
 
 TEST(FusedOpsCuda, RmsNormRowsMatchFloat64WithGradient) {
