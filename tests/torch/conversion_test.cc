@@ -210,8 +210,12 @@ TEST(Conversion, PeersRunOnTheSameJob) {
     ASSERT_TRUE(r.ok()) << SelectionMethodName(m) << ": " << r.status();
     const Layout& l = r->layouts[0];
     EXPECT_EQ(l.method, SelectionMethodName(m));
-    if (m == SelectionMethod::kUniform) EXPECT_EQ(l.kept, (std::vector<int64_t>{3, 7}));
-    if (m == SelectionMethod::kNll) EXPECT_EQ(l.scores.size(), 8u);
+    if (m == SelectionMethod::kUniform) {
+      EXPECT_EQ(l.kept, (std::vector<int64_t>{3, 7}));
+    }
+    if (m == SelectionMethod::kNll) {
+      EXPECT_EQ(l.scores.size(), 8u);
+    }
     if (m == SelectionMethod::kHead) {
       EXPECT_EQ(l.kept.size(), 6u);
       EXPECT_EQ(l.scores.size(), 32u);

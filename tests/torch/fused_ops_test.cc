@@ -121,13 +121,17 @@ void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::Sc
     spec.sin = RopeTable(T, D, false).to(opts);
   }
 #ifdef FLASHMORPH_CUDA
-  if (fused) ASSERT_TRUE(kernels::HeadTransformCudaSupports(x, spec));
+  if (fused) {
+    ASSERT_TRUE(kernels::HeadTransformCudaSupports(x, spec));
+  }
 #endif
   at::Tensor y = kernels::HeadTransform(x, spec);
   ASSERT_EQ(y.scalar_type(), dtype);
   if (c.heads_first) {
     ASSERT_EQ(y.sizes(), (std::vector<int64_t>{B, H, T, D}));
-    if (fused) EXPECT_TRUE(y.is_contiguous());
+    if (fused) {
+      EXPECT_TRUE(y.is_contiguous());
+    }
   } else {
     ASSERT_EQ(y.sizes(), x.sizes());
   }
@@ -146,7 +150,9 @@ void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::Sc
   EXPECT_TRUE(AllFinite(y));
   EXPECT_LE(RelErr(y, y64), tol) << "output";
   EXPECT_LE(RelErr(grads[0], g64[0]), 2 * tol) << "dx";
-  if (c.weight_grad) EXPECT_LE(RelErr(grads[1], g64[1]), 2 * tol) << "dweight";
+  if (c.weight_grad) {
+    EXPECT_LE(RelErr(grads[1], g64[1]), 2 * tol) << "dweight";
+  }
 }
 
 TEST(FusedOps, HeadTransformReferenceMatchesFloat64OnCpu) {
