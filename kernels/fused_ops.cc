@@ -54,4 +54,21 @@ at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
   return SwiGluReference(gate, up);
 }
 
+std::pair<at::Tensor, at::Tensor> SwiGluBackwardReference(const at::Tensor& gate, const at::Tensor& up,
+                                                          const at::Tensor& dy) {
+  const at::ScalarType compute = gate.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor g = gate.to(compute), u = up.to(compute), d = dy.to(compute);
+  at::Tensor s = at::sigmoid(g);
+  at::Tensor d_up = d * (g * s);
+  at::Tensor d_gate = d * u * s * (1 + g * (1 - s));
+  return {d_gate.to(gate.scalar_type()), d_up.to(up.scalar_type())};
+}
+
+std::pair<at::Tensor, at::Tensor> SwiGluBackward(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& dy) {
+#ifdef FLASHMORPH_CUDA
+  if (SwiGluCudaSupports(gate, up) && dy.sizes() == gate.sizes()) return SwiGluBackwardCuda(gate, up, dy);
+#endif
+  return SwiGluBackwardReference(gate, up, dy);
+}
+
 }  // namespace fm::kernels

@@ -9,6 +9,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <utility>
+
 namespace fm::kernels {
 
 // What HeadTransform applies to every [D] row of a [B, T, H, D] tensor, in this order.
@@ -30,6 +32,11 @@ at::Tensor HeadTransformReference(const at::Tensor& x, const HeadTransformSpec& 
 // silu(gate) * up, elementwise (the MLP's SwiGLU; the gated branches' output gate).
 at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up);
 at::Tensor SwiGluReference(const at::Tensor& gate, const at::Tensor& up);
+// The gradients (d_gate, d_up) of silu(gate) * up for an output gradient dy, without forming the product (no
+// autograd graph): d_up = dy * silu(gate), d_gate = dy * up * sigmoid(gate) * (1 + gate * (1 - sigmoid(gate))).
+std::pair<at::Tensor, at::Tensor> SwiGluBackward(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& dy);
+std::pair<at::Tensor, at::Tensor> SwiGluBackwardReference(const at::Tensor& gate, const at::Tensor& up,
+                                                          const at::Tensor& dy);
 
 // x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]); cos/sin broadcast to x.
 at::Tensor RotaryReference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

@@ -149,6 +149,16 @@ class HeadTransformFunction : public torch::autograd::Function<HeadTransformFunc
   }
 };
 
+// dg, du of silu(gate) * up for the output gradient dy (any dtype and layout).
+std::pair<at::Tensor, at::Tensor> SwiGluGrads(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& dy_in) {
+  at::Tensor dy = dy_in.to(at::kBFloat16).contiguous();
+  if (!Aligned16(dy)) dy = dy.clone();
+  at::Tensor dg = at::empty_like(gate), du = at::empty_like(up);
+  Check(kc::LaunchSwiGluBackward(gate.numel(), CBf(gate), CBf(up), CBf(dy), Bf(dg), Bf(du), Stream()),
+        "SwiGluBackward");
+  return {dg, du};
+}
+
 class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
@@ -162,11 +172,7 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &gate = saved[0], &up = saved[1];
     const c10::cuda::CUDAGuard guard(gate.device());
-    at::Tensor dy = grads[0].to(at::kBFloat16).contiguous();
-    if (!Aligned16(dy)) dy = dy.clone();
-    at::Tensor dg = at::empty_like(gate), du = at::empty_like(up);
-    Check(kc::LaunchSwiGluBackward(gate.numel(), CBf(gate), CBf(up), CBf(dy), Bf(dg), Bf(du), Stream()),
-          "SwiGluBackward");
+    auto [dg, du] = SwiGluGrads(gate, up, grads[0]);
     return {dg, du};
   }
 };
@@ -231,6 +237,14 @@ bool SwiGluCudaSupports(const at::Tensor& gate, const at::Tensor& up) {
 at::Tensor SwiGluCuda(const at::Tensor& gate, const at::Tensor& up) {
   TORCH_CHECK(SwiGluCudaSupports(gate, up), "SwiGluCuda: unsupported inputs");
   return SwiGluFunction::apply(gate, up);
+}
+
+std::pair<at::Tensor, at::Tensor> SwiGluBackwardCuda(const at::Tensor& gate, const at::Tensor& up,
+                                                     const at::Tensor& dy) {
+  TORCH_CHECK(SwiGluCudaSupports(gate, up) && dy.sizes() == gate.sizes() && dy.device() == gate.device(),
+              "SwiGluBackwardCuda: unsupported inputs");
+  const c10::cuda::CUDAGuard guard(gate.device());
+  return SwiGluGrads(gate, up, dy);
 }
 
 }  // namespace fm::kernels

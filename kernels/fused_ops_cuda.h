@@ -28,5 +28,8 @@ at::Tensor HeadTransformCuda(const at::Tensor& x, const HeadTransformSpec& spec)
 // bf16 CUDA gate and up of one shape, contiguous, numel a multiple of 8.
 bool SwiGluCudaSupports(const at::Tensor& gate, const at::Tensor& up);
 at::Tensor SwiGluCuda(const at::Tensor& gate, const at::Tensor& up);
+// Its backward alone (kernels::SwiGluBackward): dy of gate's shape and device, any dtype and strides.
+std::pair<at::Tensor, at::Tensor> SwiGluBackwardCuda(const at::Tensor& gate, const at::Tensor& up,
+                                                     const at::Tensor& dy);
 
 }  // namespace fm::kernels

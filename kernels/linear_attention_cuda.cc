@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <vector>
@@ -90,7 +91,10 @@ at::Tensor StateArg(const at::Tensor& s, const at::Tensor& q) {
 at::Tensor StateOrUndefined(const at::Tensor& s) { return s.numel() == 0 ? at::Tensor() : s; }
 
 struct GlaForwardOut {
-  at::Tensor out, final_state, chunk_states;  // padded shapes
+  at::Tensor out, final_state;  // padded shapes
+  at::Tensor chunk_states;      // two-phase path: [B*H, N, Dkp, Dvp] bf16 (when kept)
+  at::Tensor seg_entry;         // segmented path: the segments' entering states, fp32
+  int segment_chunks = 0;       // segmented path: chunks per segment (0: the two-phase path ran)
 };
 
 std::atomic<bool>& SequentialStateScanSetting() {
@@ -101,11 +105,66 @@ std::atomic<bool>& SequentialStateScanSetting() {
   return sequential;
 }
 
-// One state pass over the chunks (forward, or reverse for the state gradients): the two-phase pass
-// (LaunchGlaStatePass) by default, the sequential kernel (LaunchGlaStateScan) when SequentialStateScan().
+std::atomic<bool>& SegmentedGlaSetting() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FLASHMORPH_GLA_SEGMENTS");
+    return env == nullptr || env[0] != '0';
+  }()};
+  return on;
+}
+
+std::atomic<int>& GlaSegmentChunksSetting() {
+  static std::atomic<int> chunks{[] {
+    const char* env = std::getenv("FLASHMORPH_GLA_SEGMENT_CHUNKS");
+    return env != nullptr ? std::max(0, std::atoi(env)) : 0;
+  }()};
+  return chunks;
+}
+
+int MultiprocessorCount() {
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 132;
+  return count;
+}
+
+// Chunks per segment of the segmented passes: the set value, or the longest segments that still give every
+// multiprocessor two blocks (one block of 8 warps runs per multiprocessor; longer segments move less through memory).
+int SegmentChunks(const kc::ChunkProblem& prob) {
+  if (const int set = GlaSegmentChunks(); set > 0) return set;
+  static const int sms = MultiprocessorCount();
+  const int64_t N = prob.T / kc::kChunkScalarDecay;
+  for (int ns : {16, 8, 4, 2}) {
+    if (static_cast<int64_t>(prob.BH) * ((N + ns - 1) / ns) >= 2 * sms) return ns;
+  }
+  return 1;
+}
+
+bool UseSegments(const Padded& p) { return !p.per_channel && SegmentedGla(); }
+
+at::Tensor SegmentWorkspace(const Padded& p, const kc::ChunkProblem& prob, int ns) {
+  return at::empty({static_cast<int64_t>(kc::GlaSegmentWorkspaceFloats(prob, ns))}, p.q.options().dtype(at::kFloat));
+}
+at::Tensor SegmentStates(const Padded& p, const kc::ChunkProblem& prob, int ns) {
+  return at::empty({static_cast<int64_t>(kc::GlaSegmentStatesFloats(prob, ns))}, p.q.options().dtype(at::kFloat));
+}
+
+// One state pass over the chunks (forward, or reverse for the state gradients): for a scalar decay the segmented
+// pass (LaunchGlaSegmentStatePass) unless SegmentedGla() is off; else the two-phase pass (LaunchGlaStatePass), or
+// the sequential kernel (LaunchGlaStateScan) when SequentialStateScan().
 void ScanStates(const Padded& p, const kc::ChunkProblem& prob, bool reverse, const at::Tensor& rows_a,
                 const at::Tensor& rows_b, const at::Tensor& s_in, at::Tensor& states, at::Tensor& last_state) {
   const char* what = reverse ? "GlaStatePass(reverse)" : "GlaStatePass";
+  if (UseSegments(p) && !SequentialStateScan()) {
+    const int ns = SegmentChunks(prob);
+    at::Tensor workspace = SegmentWorkspace(p, prob, ns), seg_states = SegmentStates(p, prob, ns);
+    Check(kc::LaunchGlaSegmentStatePass(prob, ns, reverse, CBf(rows_a), CBf(rows_b), CF(p.g), CF(s_in),
+                                        workspace.data_ptr<float>(), seg_states.data_ptr<float>(), Bf(states),
+                                        last_state.data_ptr<float>(), Stream()),
+          what);
+    return;
+  }
   if (SequentialStateScan()) {
     Check(kc::LaunchGlaStateScan(prob, reverse, CBf(rows_a), CBf(rows_b), CF(p.g), CF(s_in), Bf(states),
                                  last_state.data_ptr<float>(), Stream()),
@@ -119,13 +178,25 @@ void ScanStates(const Padded& p, const kc::ChunkProblem& prob, bool reverse, con
         what);
 }
 
+// The forward pass. Segmented (scalar decay): the segments' entering states come back for the backward, no chunk
+// states. Two-phase: the chunk states (the caller keeps them when a backward follows).
 GlaForwardOut GlaForward(const Padded& p) {
   const kc::ChunkProblem prob = p.Problem();
   const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
   GlaForwardOut r;
-  r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
   r.final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
   r.out = at::empty({p.B * p.H, p.Tp, p.Dvp}, p.q.options());
+  if (UseSegments(p) && !SequentialStateScan()) {
+    r.segment_chunks = SegmentChunks(prob);
+    at::Tensor workspace = SegmentWorkspace(p, prob, r.segment_chunks);
+    r.seg_entry = SegmentStates(p, prob, r.segment_chunks);
+    Check(kc::LaunchGlaSegmentForward(prob, r.segment_chunks, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CF(p.state),
+                                      workspace.data_ptr<float>(), r.seg_entry.data_ptr<float>(), Bf(r.out),
+                                      /*chunk_states=*/nullptr, r.final_state.data_ptr<float>(), Stream()),
+          "GlaSegmentForward");
+    return r;
+  }
+  r.chunk_states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
   ScanStates(p, prob, /*reverse=*/false, p.k, p.v, p.state, r.chunk_states, r.final_state);
   Check(kc::LaunchGlaOutput(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(r.chunk_states), Bf(r.out), Stream()),
         "GlaOutput");
@@ -160,14 +231,17 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     const c10::cuda::CUDAGuard guard(q.device());
     ctx->set_materialize_grads(false);
     const Padded p = Pad(q, k, v, g, nullptr, StateOrUndefined(initial_state));
-    GlaForwardOut f = GlaForward(p);
-    // When a backward will follow, keep the chunk states (bf16, [B*H, N, Dk, Dv]: twice q's size at D = 128) and
-    // the padded final state so that it need not scan again.
+    // When a backward will follow, keep what the forward found so that the backward need not pass over the chunks
+    // again: the segments' entering states (fp32, 1/segment_chunks of the chunk states' count) or the chunk states
+    // (bf16, [B*H, N, Dk, Dv]: twice q's size at D = 128), and the padded final state.
     const bool will_backward = q.requires_grad() || k.requires_grad() || v.requires_grad() || g.requires_grad() ||
                                initial_state.requires_grad();
+    GlaForwardOut f = GlaForward(p);
     at::Tensor none = at::empty({0}, f.final_state.options());
+    const at::Tensor& states = f.segment_chunks > 0 ? f.seg_entry : f.chunk_states;
     ctx->save_for_backward(
-        {q, k, v, g, initial_state, will_backward ? f.chunk_states : none, will_backward ? f.final_state : none});
+        {q, k, v, g, initial_state, will_backward ? states : none, will_backward ? f.final_state : none});
+    ctx->saved_data["segment_chunks"] = static_cast<int64_t>(f.segment_chunks);
     at::Tensor final_state = UnpadState(f.final_state, p);
     return {Unpad(f.out, p, p.Dv, q.scalar_type()), final_state};
   }
@@ -185,26 +259,28 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     at::Tensor dfinal;
     if (grad_final.defined()) dfinal = PadDim(PadDim(grad_final.to(at::kFloat), 2, p.Dkp), 3, p.Dvp).contiguous();
 
-    // States entering each chunk (kept by the forward, or recomputed), gradients of the states leaving each chunk
-    // (reverse scan).
-    const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
-    at::Tensor states = saved[5], final_state = saved[6];
-    if (states.numel() == 0) {
-      states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
-      final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
-      ScanStates(p, prob, /*reverse=*/false, p.k, p.v, p.state, states, final_state);
-    }
-    at::Tensor dstates = at::empty_like(states);
-    at::Tensor dinitial = at::empty_like(final_state);
-    ScanStates(p, prob, /*reverse=*/true, p.q, dout, dfinal, dstates, dinitial);
-    at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
     at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
+    at::Tensor states = saved[5], final_state = saved[6];
+    at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
+    at::Tensor dinitial = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
     at::Tensor chunk_sums;
-    if (p.per_channel) chunk_sums = at::empty({p.B * p.H, N, p.Dkp}, p.g.options());
-    Check(kc::LaunchGlaGrad(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CBf(states), CBf(dstates), Bf(dq),
-                            Bf(dk), Bf(dv), dgamma.data_ptr<float>(),
-                            chunk_sums.defined() ? chunk_sums.data_ptr<float>() : nullptr, Stream()),
-          "GlaGrad");
+    if (const int ns = static_cast<int>(ctx->saved_data["segment_chunks"].toInt()); ns > 0) {
+      // Segmented: the reverse summaries give each segment's leaving-state gradient; a forward walk forms dq and a
+      // reverse walk dk, dv, all from the forward's segment entering states.
+      if (states.numel() == 0) {
+        GlaForwardOut f = GlaForward(p);
+        TORCH_CHECK(f.segment_chunks == ns, "GlaBackward: the segment setting changed since the forward");
+        states = f.seg_entry, final_state = f.final_state;
+      }
+      at::Tensor workspace = SegmentWorkspace(p, prob, ns), dh_entry = SegmentStates(p, prob, ns);
+      Check(kc::LaunchGlaSegmentBackward(prob, ns, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CF(states),
+                                         CF(dfinal), workspace.data_ptr<float>(), dh_entry.data_ptr<float>(), Bf(dq),
+                                         Bf(dk), Bf(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>(),
+                                         Stream()),
+            "GlaSegmentBackward");
+    } else {
+      GlaGradTwoPhase(p, prob, dout, dfinal, states, final_state, dq, dk, dv, dgamma, chunk_sums, dinitial);
+    }
     at::Tensor dg;
     if (g.requires_grad()) {
       at::Tensor fs = final_state.narrow(2, 0, p.Dk).narrow(3, 0, p.Dv);
@@ -217,6 +293,28 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     }
     return {Unpad(dq, p, p.Dk, q.scalar_type()), Unpad(dk, p, p.Dk, k.scalar_type()),
             Unpad(dv, p, p.Dv, v.scalar_type()), dg, dinit};
+  }
+
+ private:
+  // The two-phase (or sequential) path: the chunk states (kept by the forward, or recomputed; final_state with
+  // them), the gradients of the states leaving each chunk (reverse pass), then the per-chunk gradient kernel.
+  static void GlaGradTwoPhase(const Padded& p, const kc::ChunkProblem& prob, const at::Tensor& dout,
+                              const at::Tensor& dfinal, at::Tensor& states, at::Tensor& final_state, at::Tensor& dq,
+                              at::Tensor& dk, at::Tensor& dv, at::Tensor& dgamma, at::Tensor& chunk_sums,
+                              at::Tensor& dinitial) {
+    const int64_t N = p.Tp / kc::ChunkFor(p.per_channel);
+    if (states.numel() == 0) {
+      states = at::empty({p.B * p.H, N, p.Dkp, p.Dvp}, p.q.options());
+      final_state = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
+      ScanStates(p, prob, /*reverse=*/false, p.k, p.v, p.state, states, final_state);
+    }
+    at::Tensor dstates = at::empty_like(states);
+    ScanStates(p, prob, /*reverse=*/true, p.q, dout, dfinal, dstates, dinitial);
+    if (p.per_channel) chunk_sums = at::empty({p.B * p.H, N, p.Dkp}, p.g.options());
+    Check(kc::LaunchGlaGrad(prob, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CBf(states), CBf(dstates), Bf(dq),
+                            Bf(dk), Bf(dv), dgamma.data_ptr<float>(),
+                            chunk_sums.defined() ? chunk_sums.data_ptr<float>() : nullptr, Stream()),
+          "GlaGrad");
   }
 };
 
@@ -329,6 +427,10 @@ LinearAttentionResult RecurrentCuda(const at::Tensor& q, const at::Tensor& k, co
 
 }  // namespace
 
+bool SetSegmentedGla(bool on) { return SegmentedGlaSetting().exchange(on); }
+bool SegmentedGla() { return SegmentedGlaSetting().load(); }
+int SetGlaSegmentChunks(int chunks) { return GlaSegmentChunksSetting().exchange(std::max(0, chunks)); }
+int GlaSegmentChunks() { return GlaSegmentChunksSetting().load(); }
 bool SetSequentialStateScan(bool on) { return SequentialStateScanSetting().exchange(on); }
 bool SequentialStateScan() { return SequentialStateScanSetting().load(); }
 

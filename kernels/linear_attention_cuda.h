@@ -24,6 +24,16 @@ bool LinearAttentionCudaSupports(const at::Tensor& q, const at::Tensor& k, const
 bool SetSequentialStateScan(bool on);
 bool SequentialStateScan();
 
+// With a scalar decay (Lightning) the forward and both state passes run over segments of chunks by default, the
+// state of each segment's walk in registers (kernels/cuda/gla_segment.cu); off (or FLASHMORPH_GLA_SEGMENTS=0)
+// selects the two-phase pass and the separate output kernel. SetGlaSegmentChunks sets the chunks per segment
+// (FLASHMORPH_GLA_SEGMENT_CHUNKS; 0 = chosen from the problem's size). Each returns the previous value;
+// process-wide. SequentialStateScan() takes precedence over both.
+bool SetSegmentedGla(bool on);
+bool SegmentedGla();
+int SetGlaSegmentChunks(int chunks);
+int GlaSegmentChunks();
+
 LinearAttentionResult GatedLinearAttentionCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& g, const at::Tensor& initial_state);
 LinearAttentionResult GatedDeltaRuleCuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

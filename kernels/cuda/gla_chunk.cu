@@ -1,6 +1,6 @@
 // Chunked gated linear attention on sm_90 (math: docs/ENGINE.md §1; reference: kernels/linear_attention.cc).
 // Kernels:
-//   GlaChunkUpdate + GlaCombine  the state pass in two phases (the default): every chunk's own contribution at once,
+//   GlaChunkUpdate + StateCombine  the state pass in two phases (the default): every chunk's own contribution at once,
 //                 then the elementwise recurrence over chunks; states at chunk boundaries stored in bf16. Run
 //                 forwards (k, v) for states, backwards (q, do) for their gradients.
 //   GlaStateScan  the same pass as one sequential kernel (kept for comparison): parallel over (batch*head, 16-column
@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda/state_combine.cuh"
 #include "kernels/cuda/tiles.cuh"
 
 namespace fm::kernels::cuda {
@@ -172,7 +173,7 @@ __global__ void __launch_bounds__(kScanThreads)
 // ---------------------------------------------------------------------------------------------------------------
 // Two-phase state pass (the default): the sequential recurrence S <- exp(gamma_n) S + U_n is elementwise once every
 // chunk's own contribution U_n = a_scaled^T b is known, so (1) GlaChunkUpdateKernel forms all U_n at once (tensor
-// cores, parallel over chunks) in fp32 with each chunk's total log decay gamma_n, and (2) GlaCombineKernel runs the
+// cores, parallel over chunks) in fp32 with each chunk's total log decay gamma_n, and (2) StateCombineKernel runs the
 // recurrence with one thread per state element (coalesced, loads independent of the running state), storing the
 // state before each chunk in bf16. Forward: a = k scaled by exp(G_last - G), b = v. Reverse: a = q scaled by
 // exp(G), b = do, chunks last to first.
@@ -242,29 +243,6 @@ __global__ void __launch_bounds__(kUpdThreads)
   }
 }
 
-// One thread per state element (bh, d, j): walks the chunks in the pass's order.
-template <bool kPerChannel, bool kReverse>
-__global__ void GlaCombineKernel(const float* __restrict__ updates, const float* __restrict__ gamma,
-                                 const float* __restrict__ s_in, bf16* __restrict__ states, float* __restrict__ s_out,
-                                 int N, int DK, int DV, int64_t total) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= total) return;
-  const int64_t per_head = static_cast<int64_t>(DK) * DV, bh = idx / per_head, rem = idx % per_head;
-  const int d = static_cast<int>(rem / DV);
-  const float* u = updates + bh * N * per_head + rem;
-  bf16* st = states + bh * N * per_head + rem;
-  const float* gm = kPerChannel ? gamma + bh * N * DK + d : gamma + bh * N;
-  const int gstride = kPerChannel ? DK : 1;
-  float S = s_in ? s_in[idx] : 0.f;
-#pragma unroll 8
-  for (int step = 0; step < N; ++step) {
-    const int n = kReverse ? N - 1 - step : step;
-    st[n * per_head] = ToBf(S);
-    S = __expf(gm[n * gstride]) * S + u[n * per_head];
-  }
-  if (s_out) s_out[idx] = S;
-}
-
 template <int C, bool kPerChannel, bool kReverse>
 cudaError_t TwoPhaseFor(const ChunkProblem& p, const bf16* a, const bf16* b, const float* g, const float* s_in,
                         float* updates, float* gamma, bf16* states, float* s_out, cudaStream_t stream) {
@@ -276,12 +254,8 @@ cudaError_t TwoPhaseFor(const ChunkProblem& p, const bf16* a, const bf16* b, con
           : Launch(GlaChunkUpdateKernel<C, 128, kPerChannel, kReverse>, dim3(p.DK / kUpdRows, N, p.BH), kUpdThreads,
                    UpdateLayout<C, 128, kPerChannel>::Bytes(), stream, a, b, g, updates, gamma, p.T, p.DK);
   if (err != cudaSuccess) return err;
-  const int64_t total = static_cast<int64_t>(p.BH) * p.DK * p.DV;
-  const int threads = 256;
-  GlaCombineKernel<kPerChannel, kReverse>
-      <<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(updates, gamma, s_in, states,
-                                                                                       s_out, N, p.DK, p.DV, total);
-  return cudaGetLastError();
+  return LaunchStateCombine<bf16, kPerChannel, kReverse>(p.BH, N, p.DK, p.DV, updates, gamma, s_in, states, s_out,
+                                                         stream);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,33 @@ cudaError_t LaunchGlaStatePass(const ChunkProblem& p, bool reverse, const __nv_b
                                const __nv_bfloat16* rows_b, const float* g, const float* initial_state,
                                float* workspace, __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
 
+// Scalar decay only (kernels/cuda/gla_segment.cu): passes over segments of `segment_chunks` chunks, the state of
+// each segment's walk held in registers; only per-segment summaries and entering states go through memory, in fp32.
+// `workspace`: GlaSegmentWorkspaceFloats(p, segment_chunks) floats of scratch; `seg_states`, `seg_entry`,
+// `dh_entry`: GlaSegmentStatesFloats(p, segment_chunks) floats each ([BH, segments, DK, DV]).
+// LaunchGlaSegmentStatePass: the contract of LaunchGlaStatePass (chunk_states required; seg_states scratch).
+// LaunchGlaSegmentForward: the whole forward: out (bf16 [BH, T, DV]), final_state, the segments' entering states
+// (seg_entry, what the backward needs) and, when chunk_states is not null, the states entering each chunk.
+// LaunchGlaSegmentBackward: from the forward's seg_entry and do (and the final state's gradient dfinal, may be
+// null): dq, dk, dv (bf16), dgamma [BH, T] = q.dq - k.dk per step (as LaunchGlaGrad's scalar case) and dinitial
+// (the initial state's gradient, fp32 [BH, DK, DV]); dh_entry is scratch.
+size_t GlaSegmentWorkspaceFloats(const ChunkProblem& p, int segment_chunks);
+size_t GlaSegmentStatesFloats(const ChunkProblem& p, int segment_chunks);
+cudaError_t LaunchGlaSegmentStatePass(const ChunkProblem& p, int segment_chunks, bool reverse,
+                                      const __nv_bfloat16* rows_a, const __nv_bfloat16* rows_b, const float* g,
+                                      const float* initial_state, float* workspace, float* seg_states,
+                                      __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
+cudaError_t LaunchGlaSegmentForward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
+                                    const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
+                                    const float* initial_state, float* workspace, float* seg_entry,
+                                    __nv_bfloat16* out, __nv_bfloat16* chunk_states, float* final_state,
+                                    cudaStream_t stream);
+cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
+                                     const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
+                                     const __nv_bfloat16* dout, const float* seg_entry, const float* dfinal,
+                                     float* workspace, float* dh_entry, __nv_bfloat16* dq, __nv_bfloat16* dk,
+                                     __nv_bfloat16* dv, float* dgamma, float* dinitial, cudaStream_t stream);
+
 // o = intra-chunk attention + q decayed against the state entering the chunk. Scalar or per-channel decay.
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const __nv_bfloat16* q, const __nv_bfloat16* k,
                             const __nv_bfloat16* v, const float* g, const __nv_bfloat16* chunk_states,

@@ -170,6 +170,19 @@ TEST(FusedOps, SwiGluAndRmsNormReferencesOnCpu) {
             1e-6);
 }
 
+// SwiGluBackward (the activation's gradients without its forward) against float64 autograd through silu(g) * u.
+TEST(FusedOps, SwiGluBackwardMatchesAutogradOnCpu) {
+  FreshSeed();
+  at::Tensor g = (at::randn({3, 7, 40}, at::kDouble) * 3).requires_grad_(true);
+  at::Tensor u = at::randn({3, 7, 40}, at::kDouble).requires_grad_(true);
+  at::Tensor dy = at::randn({3, 7, 40}, at::kDouble);
+  auto want = Grads(g * at::sigmoid(g) * u, dy, {g, u});
+  auto [dg, du] = kernels::SwiGluBackward(g.detach().to(at::kFloat), u.detach().to(at::kFloat), dy.to(at::kFloat));
+  EXPECT_EQ(dg.scalar_type(), at::kFloat);
+  EXPECT_LE(RelErr(dg, want[0]), 1e-6);
+  EXPECT_LE(RelErr(du, want[1]), 1e-6);
+}
+
 #ifdef FLASHMORPH_CUDA
 #define FM_REQUIRE_GPU() \
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU"
@@ -234,6 +247,12 @@ TEST(FusedOpsCuda, SwiGluMatchesFloat64WithGradient) {
   EXPECT_LE(RelErr(grads[1], want[1]), 1.6e-2);
   // Every element written: a NaN-filled buffer reused by the allocator would show.
   EXPECT_TRUE(AllFinite(y) && AllFinite(grads[0]) && AllFinite(grads[1]));
+  // The backward alone, from a float32 dy: the same kernel, so the same gradients.
+  auto [dg, du] = kernels::SwiGluBackward(g.detach(), u.detach(), dy.to(at::kFloat).cuda());
+  EXPECT_EQ(dg.scalar_type(), at::kBFloat16);
+  EXPECT_LE(RelErr(dg, want[0]), 1.6e-2);
+  EXPECT_LE(RelErr(du, want[1]), 1.6e-2);
+  EXPECT_LE(RelErr(dg, grads[0]), 1e-6);
 }
 #endif
 

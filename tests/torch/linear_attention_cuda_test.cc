@@ -164,6 +164,28 @@ TEST(LinearAttentionCuda, SequentialStateScanMatchesFloat64) {
   kernels::SetSequentialStateScan(before);
 }
 
+// Scalar decays run over segments of chunks (kernels/cuda/gla_segment.cu) by default, and at the sizes above the
+// automatic segment length is one chunk. Here: segments of several lengths, a ragged last segment, and the
+// two-phase pass with its separate output kernel (what per-channel decays run) for scalar decays too.
+TEST(LinearAttentionCuda, SegmentLengthsAndTwoPhasePassMatchFloat64) {
+  FM_REQUIRE_GPU();
+  for (int chunks : {1, 3, 8}) {
+    std::printf("[segments] %d chunks per segment\n", chunks);
+    const int before = kernels::SetGlaSegmentChunks(chunks);
+    CheckGlaForward({2, 3, 1000, 128, 128}, /*per_channel=*/false, /*strong=*/false);
+    CheckGlaForward({1, 2, 1500, 64, 128}, /*per_channel=*/false, /*strong=*/true);
+    CheckGlaForward({3, 1, 700, 128, 64}, /*per_channel=*/false, /*strong=*/false);
+    CheckGlaBackward({1, 2, 1000, 128, 64}, /*per_channel=*/false);
+    CheckGlaBackward({2, 1, 777, 64, 64}, /*per_channel=*/false);
+    kernels::SetGlaSegmentChunks(before);
+  }
+  std::printf("[segments] off: two-phase pass\n");
+  const bool before = kernels::SetSegmentedGla(false);
+  CheckGlaForward({2, 3, 1000, 128, 128}, /*per_channel=*/false, /*strong=*/false);
+  CheckGlaBackward({1, 2, 1000, 128, 64}, /*per_channel=*/false);
+  kernels::SetSegmentedGla(before);
+}
+
 struct GdnInputs {
   at::Tensor q, k, v, g, beta, s0;
 };

@@ -125,9 +125,14 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   return out.transpose(1, 2).reshape({B, T, H * hd});
 }
 
-at::Tensor Decoder::MlpActivation(int64_t layer, const at::Tensor& h) const {
+std::pair<at::Tensor, at::Tensor> Decoder::MlpGateUp(int64_t layer, const at::Tensor& h) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
-  return kernels::SwiGlu(Linear(h, w.gate_proj, w.gate_bias), Linear(h, w.up_proj, w.up_bias));
+  return {Linear(h, w.gate_proj, w.gate_bias), Linear(h, w.up_proj, w.up_bias)};
+}
+
+at::Tensor Decoder::MlpActivation(int64_t layer, const at::Tensor& h) const {
+  auto [gate, up] = MlpGateUp(layer, h);
+  return kernels::SwiGlu(gate, up);
 }
 
 at::Tensor Decoder::MlpDown(int64_t layer, const at::Tensor& activation) const {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -75,7 +76,9 @@ class Decoder {
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
-  // The MLP in two parts: the activation silu(gate) * up (the down projection's input), and the down projection.
+  // The MLP in parts: the gate and up projections, the activation silu(gate) * up (the down projection's input),
+  // and the down projection.
+  std::pair<at::Tensor, at::Tensor> MlpGateUp(int64_t layer, const at::Tensor& h_normed) const;
   at::Tensor MlpActivation(int64_t layer, const at::Tensor& h_normed) const;
   at::Tensor MlpDown(int64_t layer, const at::Tensor& activation) const;
   // One whole decoder layer: residual stream in -> out (x on the layer's device); the attention block's output

@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "kernels/fused_ops.h"
 #include "worker/engine/common/str_cat.h"
 
 #ifdef FLASHMORPH_CUDA
@@ -180,13 +181,15 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
       if (!y.requires_grad()) break;  // nothing below this layer trains
       y.backward(grad.to(y.device()));
     } else {
-      // The layer's output y = h + down(a) is not needed, only its gradient: with the down projection frozen,
-      // dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the down projection's input a.
+      // The layer's output y = h + down(silu(gate) * up) is not needed, only its gradient: with the down
+      // projection frozen, dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the gate and up
+      // projections and the activation's backward runs directly on them (its forward is never formed).
       at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l]);
-      at::Tensor a = decoder_->MlpActivation(l, decoder_->PostAttentionNorm(l, h));
+      auto [gate, up] = decoder_->MlpGateUp(l, decoder_->PostAttentionNorm(l, h));
       if (!h.requires_grad()) break;  // nothing below this layer trains
       const at::Tensor g = grad.to(h.device());
-      torch::autograd::backward({h, a}, {g, at::matmul(g, w.down_proj)});
+      auto [d_gate, d_up] = kernels::SwiGluBackward(gate.detach(), up.detach(), at::matmul(g, w.down_proj));
+      torch::autograd::backward({h, gate, up}, {g, d_gate, d_up});
     }
     if (need_input_grad) grad = x.grad();
     inputs[l] = at::Tensor();
