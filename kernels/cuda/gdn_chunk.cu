@@ -8,6 +8,7 @@
 // The output is the scalar-decay GLA output kernel with v replaced by the corrected values.
 #include "kernels/cuda/linear_attention_launch.h"
 #include "kernels/cuda/tiles.cuh"
+#include "kernels/cuda/wmma_gemm.cuh"
 
 namespace fm::kernels::cuda {
 namespace {

@@ -17,6 +17,7 @@
 #include "kernels/cuda/linear_attention_launch.h"
 #include "kernels/cuda/state_combine.cuh"
 #include "kernels/cuda/tiles.cuh"
+#include "kernels/cuda/wmma_gemm.cuh"
 
 namespace fm::kernels::cuda {
 namespace {

@@ -19,6 +19,7 @@
 // the current chunk.
 #include "kernels/cuda/linear_attention_launch.h"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/smem.cuh"
 #include "kernels/cuda/state_combine.cuh"
 #include "kernels/cuda/tiles.cuh"
 
@@ -62,6 +63,7 @@ struct SegLayout {
     }
     if (M != SegMode::kSummary) s.Take<bf16>(DK * LDV);  // the state (or its gradient) in bf16
     s.Take<float>(kWarps * kC);                           // per-warp cumulative decays
+    s.Take<float>(kC);                                    // per-step dot products (dgamma)
     return s.used;
   }
 };
@@ -252,8 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
                 "outputs and dq walk forwards, dk/dv backwards");
   constexpr int kTiles = 2 + ExtraTiles(kMode);
   constexpr int kTileCols[4] = {DK, DV, kMode == SegMode::kGradQ ? DV : DK, kMode == SegMode::kGradKV ? DV : DK};
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   // Two stages, selected by value (an array of stages indexed at run time would live in local memory).
   auto take_stage = [&] {
     Stage st{};
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
   const Stage stage0 = take_stage(), stage1 = take_stage();
   bf16* Sb = kMode != SegMode::kSummary ? sc.Take<bf16>(DK * L::LDV) : nullptr;
   float* Gall = sc.Take<float>(kWarps * kC);
-  __shared__ float red[kC];  // per-step dot products (dgamma)
+  float* red = sc.Take<float>(kC);  // per-step dot products (dgamma)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, quad = lane % 4;
   float* Gw = Gall + warp * kC;

@@ -13,34 +13,11 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
+
+#include "kernels/cuda/mma_ptx.cuh"
 
 namespace fm::kernels::cuda::mma {
-
-__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8, and register i receives matrix i's
-// elements (row group, cols 2quad, 2quad+1) — or, transposed, (rows 2quad, 2quad+1, col group).
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SmemAddress(row)));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SmemAddress(row)));
-}
-
-// d += A * B for one 16x8 output tile.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // A fragment at (m0, k0) of an operand stored row-major as [m][k] (leading dimension ld, in elements).
 __device__ __forceinline__ void LoadA(uint32_t (&a)[4], const __nv_bfloat16* tile, int ld, int m0, int k0, int lane) {
@@ -71,13 +48,17 @@ __device__ __forceinline__ void LoadBPairKN(uint32_t (&b)[4], const __nv_bfloat1
 }
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &v, sizeof(u));
+  return u;
 }
 
 // Multiplies the two bf16 halves of a register by lo and hi (in fp32, rounded back to bf16).
 __device__ __forceinline__ uint32_t ScaleBf16x2(uint32_t v, float lo, float hi) {
-  const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+  __nv_bfloat162 h;
+  memcpy(&h, &v, sizeof(h));
+  const float2 f = __bfloat1622float2(h);
   return PackBf16(f.x * lo, f.y * hi);
 }
 

@@ -1,6 +1,7 @@
 // Row-wise fused kernels: one warp per row, grid-stride over rows. See row_ops_launch.h for the contracts.
 #include <cuda_bf16.h>
 
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/row_ops_launch.h"
 
 namespace fm::kernels::cuda {
@@ -572,14 +573,11 @@ cudaError_t HeadForward(int64_t rows, const HeadRows& in, const HeadRows& out, c
                         const __nv_bfloat16* x, __nv_bfloat16* y, cudaStream_t stream) {
   if (a.vectorized) {
     constexpr int G = 32 * E / 8, kRowsPerBlock = kWarps * 32 / G;
-    HeadTransformVecKernel<G>
-        <<<Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, 1 << 16), 32 * kWarps, 0, stream>>>(
-            rows, in, out, a, x, y);
-    return cudaGetLastError();
+    return Launch(HeadTransformVecKernel<G>, dim3(Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, 1 << 16)),
+                  32 * kWarps, 0, stream, rows, in, out, a, x, y);
   }
   const int64_t iters = (rows + kRowsPerIter - 1) / kRowsPerIter;
-  HeadTransformKernel<E><<<Blocks(iters, 1 << 16), 32 * kWarps, 0, stream>>>(rows, in, out, a, x, y);
-  return cudaGetLastError();
+  return Launch(HeadTransformKernel<E>, dim3(Blocks(iters, 1 << 16)), 32 * kWarps, 0, stream, rows, in, out, a, x, y);
 }
 
 template <int E>
@@ -588,16 +586,14 @@ cudaError_t HeadBackward(int64_t rows, const HeadRows& xl, const HeadRows& gl, c
                          float* dweight, cudaStream_t stream) {
   if (a.vectorized) {
     constexpr int G = 32 * E / 8, kRowsPerBlock = kWarps * 32 / G;
-    HeadTransformVecBackwardKernel<G>
-        <<<Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, dweight ? 1024 : (1 << 16)), 32 * kWarps, 0,
-           stream>>>(rows, xl, gl, dl, a, x, dy, dx, dweight);
-    return cudaGetLastError();
+    return Launch(HeadTransformVecBackwardKernel<G>,
+                  dim3(Blocks((rows + kRowsPerBlock - 1) / kRowsPerBlock * kWarps, dweight ? 1024 : (1 << 16))),
+                  32 * kWarps, 0, stream, rows, xl, gl, dl, a, x, dy, dx, dweight);
   }
   // With a weight gradient, fewer blocks (more rows per warp) keep the atomics few.
   const int64_t iters = (rows + kBackwardRowsPerIter - 1) / kBackwardRowsPerIter;
-  HeadTransformBackwardKernel<E>
-      <<<Blocks(iters, dweight ? 1024 : (1 << 16)), 32 * kWarps, 0, stream>>>(rows, xl, gl, dl, a, x, dy, dx, dweight);
-  return cudaGetLastError();
+  return Launch(HeadTransformBackwardKernel<E>, dim3(Blocks(iters, dweight ? 1024 : (1 << 16))), 32 * kWarps, 0, stream,
+                rows, xl, gl, dl, a, x, dy, dx, dweight);
 }
 
 }  // namespace
@@ -608,19 +604,17 @@ cudaError_t LaunchRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const
                               __nv_bfloat16* y, cudaStream_t stream) {
   if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RmsNormRowsKernel<<<Blocks(rows, 1 << 16), 32 * kWarps, 0, stream>>>(
-      rows, D, reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w), eps, reinterpret_cast<uint4*>(y));
-  return cudaGetLastError();
+  return Launch(RmsNormRowsKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+                reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w), eps, reinterpret_cast<uint4*>(y));
 }
 
 cudaError_t LaunchRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* w,
                                       const __nv_bfloat16* dy, float eps, __nv_bfloat16* dx, cudaStream_t stream) {
   if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RmsNormRowsBackwardKernel<<<Blocks(rows, 1 << 16), 32 * kWarps, 0, stream>>>(
-      rows, D, reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w), reinterpret_cast<const uint4*>(dy),
-      eps, reinterpret_cast<uint4*>(dx));
-  return cudaGetLastError();
+  return Launch(RmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+                reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w),
+                reinterpret_cast<const uint4*>(dy), eps, reinterpret_cast<uint4*>(dx));
 }
 
 bool HeadTransformSupported(int D) { return D == 64 || D == 128 || D == 256; }
@@ -661,9 +655,8 @@ cudaError_t LaunchSwiGlu(int64_t n, const __nv_bfloat16* g, const __nv_bfloat16*
   if (n % 8 != 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const int64_t nvec = n / 8;
-  SwiGluKernel<<<ElementBlocks(nvec), 256, 0, stream>>>(nvec, reinterpret_cast<const uint4*>(g),
-                                                        reinterpret_cast<const uint4*>(u), reinterpret_cast<uint4*>(y));
-  return cudaGetLastError();
+  return Launch(SwiGluKernel, dim3(ElementBlocks(nvec)), 256, 0, stream, nvec, reinterpret_cast<const uint4*>(g),
+                reinterpret_cast<const uint4*>(u), reinterpret_cast<uint4*>(y));
 }
 
 cudaError_t LaunchSwiGluBackward(int64_t n, const __nv_bfloat16* g, const __nv_bfloat16* u, const __nv_bfloat16* dy,
@@ -671,10 +664,9 @@ cudaError_t LaunchSwiGluBackward(int64_t n, const __nv_bfloat16* g, const __nv_b
   if (n % 8 != 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const int64_t nvec = n / 8;
-  SwiGluBackwardKernel<<<ElementBlocks(nvec), 256, 0, stream>>>(
-      nvec, reinterpret_cast<const uint4*>(g), reinterpret_cast<const uint4*>(u), reinterpret_cast<const uint4*>(dy),
-      reinterpret_cast<uint4*>(dg), reinterpret_cast<uint4*>(du));
-  return cudaGetLastError();
+  return Launch(SwiGluBackwardKernel, dim3(ElementBlocks(nvec)), 256, 0, stream, nvec,
+                reinterpret_cast<const uint4*>(g), reinterpret_cast<const uint4*>(u),
+                reinterpret_cast<const uint4*>(dy), reinterpret_cast<uint4*>(dg), reinterpret_cast<uint4*>(du));
 }
 
 }  // namespace fm::kernels::cuda

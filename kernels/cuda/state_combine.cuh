@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/launch.cuh"
+
 namespace fm::kernels::cuda {
 
 __device__ __forceinline__ void StoreState(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
@@ -44,10 +46,9 @@ cudaError_t LaunchStateCombine(int BH, int N, int DK, int DV, const float* updat
   const int64_t total = static_cast<int64_t>(BH) * DK * DV;
   if (total == 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  StateCombineKernel<StateT, kPerChannel, kReverse>
-      <<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(updates, gamma, s_in, states,
-                                                                                        s_out, N, DK, DV, total);
-  return cudaGetLastError();
+  return Launch(StateCombineKernel<StateT, kPerChannel, kReverse>,
+                dim3(static_cast<unsigned>((total + kThreads - 1) / kThreads)), kThreads, 0, stream, updates, gamma,
+                s_in, states, s_out, N, DK, DV, total);
 }
 
 }  // namespace fm::kernels::cuda

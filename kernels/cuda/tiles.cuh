@@ -1,20 +1,19 @@
-// Block-level building blocks shared by the chunked linear-attention kernels: bf16 tensor-core GEMMs on shared-memory
-// tiles (WMMA m16n16k16, fp32 accumulation), shared-memory carving, and async copies of global rows into shared
-// memory. Device-only; included by kernels/cuda/*.cu. No LibTorch.
+// Block-level building blocks shared by the chunked linear-attention kernels: shared-memory carving, async copies of
+// global rows into shared memory, in-chunk cumulative decays. Device-only; included by kernels/cuda/*.cu (the
+// WMMA block GEMM is in wmma_gemm.cuh, the launch helper in launch.cuh). No LibTorch.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cstdint>
-#include <type_traits>
+
+#include "kernels/cuda/launch.cuh"
 
 namespace fm::kernels::cuda {
 
 using bf16 = __nv_bfloat16;
-namespace wmma = nvcuda::wmma;
 
 // Shared-memory rows are padded so that consecutive rows start in different banks (16 bytes for bf16, 16 for f32).
 constexpr int kPadBf16 = 8;
@@ -43,40 +42,6 @@ struct SmemSize {
     used += (count * sizeof(T) + 127) / 128 * 128;
   }
 };
-
-// C[M x N] (+)= op(A)[M x K] * op(B)[K x N], all operands in shared memory; M, N, K multiples of 16.
-// op(A) = A (row-major, lda) or, with kTransA, the transpose of a row-major [K x M] matrix (lda is its row stride).
-// op(B) = B (row-major [K x N], ldb) or, with kTransB, the transpose of a row-major [N x K] matrix.
-// C is row-major fp32 with ldc; with accumulate it is read first. The 16x16 output tiles are spread over the
-// block's warps; the caller synchronises before reading C.
-template <bool kTransA, bool kTransB>
-__device__ __forceinline__ void BlockGemm(const bf16* A, int lda, const bf16* B, int ldb, float* C, int ldc, int M,
-                                          int N, int K, bool accumulate) {
-  using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;
-  using LayoutB = std::conditional_t<kTransB, wmma::col_major, wmma::row_major>;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LayoutA> fa;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LayoutB> fb;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int tiles_n = N / 16, tiles = (M / 16) * tiles_n;
-  for (int t = warp; t < tiles; t += warps) {
-    const int tm = t / tiles_n, tn = t % tiles_n;
-    float* c = C + tm * 16 * ldc + tn * 16;
-    if (accumulate) {
-      wmma::load_matrix_sync(fc, c, ldc, wmma::mem_row_major);
-    } else {
-      wmma::fill_fragment(fc, 0.f);
-    }
-    for (int kk = 0; kk < K; kk += 16) {
-      const bf16* a = kTransA ? A + kk * lda + tm * 16 : A + tm * 16 * lda + kk;
-      const bf16* b = kTransB ? B + tn * 16 * ldb + kk : B + kk * ldb + tn * 16;
-      wmma::load_matrix_sync(fa, a, lda);
-      wmma::load_matrix_sync(fb, b, ldb);
-      wmma::mma_sync(fc, fa, fb, fc);
-    }
-    wmma::store_matrix_sync(c, fc, ldc, wmma::mem_row_major);
-  }
-}
 
 // Copies `rows` rows of `cols` bf16 (cols * 2 a multiple of 16 bytes) from global (row stride src_ld) into shared
 // memory (row stride dst_ld) with cp.async; the caller commits and waits.
@@ -159,17 +124,6 @@ __device__ __forceinline__ void ChunkCumsumChannels(float* g, int ld, int dk) {
       g[i * ld + d] = acc;
     }
   }
-}
-
-// Host side: launches `kernel` with `smem` bytes of dynamic shared memory (raising the kernel's limit first, which
-// anything above 48 KiB needs); nothing for an empty grid. Returns the launch error.
-template <typename Kernel, typename... Args>
-cudaError_t Launch(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, Args... args) {
-  if (grid.x == 0 || grid.y == 0) return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  kernel<<<grid, threads, smem, stream>>>(args...);
-  return cudaGetLastError();
 }
 
 }  // namespace fm::kernels::cuda

@@ -13,6 +13,8 @@
 
 #include "kernels/fused_ops.h"
 #include "kernels/rms_norm.h"
+#include "tests/cuda_emu/emu_row_ops.h"
+#include "tests/cuda_emu/emu_runtime.h"
 
 #ifdef FLASHMORPH_CUDA
 #include "kernels/fused_ops_cuda.h"
@@ -91,41 +93,66 @@ at::Tensor RopeTable(int64_t T, int64_t D, bool cosine) {
   return cosine ? emb.cos() : emb.sin();
 }
 
-// Runs `op` on inputs of `dtype`/`device` built from the case, checks output and gradients against float64.
+// A case's inputs (rounded once to `dtype`; the float64 side starts from the same values), its spec on `device`, and
+// the float64 output and gradients for the output gradient dy.
+struct CaseData {
+  at::Tensor base, w_base, x, w, dy;
+  kernels::HeadTransformSpec spec;
+  at::Tensor y64, dx64, dw64;
+};
+
+CaseData MakeCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::ScalarType dtype,
+                  const at::Device& device) {
+  CaseData d;
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  d.base = (at::randn({B, T, H, D}, at::kDouble) * 2 + 0.3).to(dtype);
+  d.w_base = (1 + 0.3 * at::randn({D}, at::kDouble)).to(dtype);
+  at::Tensor x = c.transposed_input ? d.base.transpose(1, 2).contiguous().to(device).transpose(1, 2)
+                                    : d.base.to(device);
+  if (c.offset_input) x = at::cat({at::zeros({B, T, H, 4}, x.options()), x}, -1).narrow(-1, 4, D);
+  d.x = x.detach().requires_grad_(true);
+  d.spec.eps = 1e-6;
+  d.spec.unit_norm = c.unit;
+  d.spec.silu = c.silu;
+  d.spec.l2 = c.l2;
+  d.spec.scale = c.scale;
+  d.spec.heads_first = c.heads_first;
+  if (c.weight) {
+    d.w = d.w_base.to(device).detach().requires_grad_(c.weight_grad);
+    d.spec.norm_weight = d.w;
+  }
+  if (c.rope) {
+    d.spec.cos = RopeTable(T, D, true).to(opts);
+    d.spec.sin = RopeTable(T, D, false).to(opts);
+  }
+  const std::vector<int64_t> out_shape =
+      c.heads_first ? std::vector<int64_t>{B, H, T, D} : std::vector<int64_t>{B, T, H, D};
+  d.dy = at::randn(out_shape, at::kDouble).to(dtype);
+  at::Tensor x64 = d.base.to(at::kDouble).requires_grad_(true);
+  at::Tensor w64 = c.weight ? d.w_base.to(at::kDouble).requires_grad_(c.weight_grad) : at::Tensor();
+  d.y64 = HeadTransformFloat64(x64, d.spec, w64);
+  std::vector<at::Tensor> in64 = {x64};
+  if (c.weight_grad) in64.push_back(w64);
+  std::vector<at::Tensor> g64 = Grads(d.y64, d.dy, in64);
+  d.y64 = d.y64.detach();
+  d.dx64 = g64[0];
+  if (c.weight_grad) d.dw64 = g64[1];
+  return d;
+}
+
+// Runs the public op on inputs of `dtype`/`device` built from the case, checks output and gradients against float64.
 void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::ScalarType dtype,
                const at::Device& device, bool fused, double tol) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE(c.name + " B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) +
                " D=" + std::to_string(D) + " seed=" + std::to_string(seed));
-  const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  // Rounded once to the test dtype; the float64 side starts from the same values.
-  at::Tensor base = (at::randn({B, T, H, D}, at::kDouble) * 2 + 0.3).to(dtype);
-  at::Tensor w_base = (1 + 0.3 * at::randn({D}, at::kDouble)).to(dtype);
-  at::Tensor x = c.transposed_input ? base.transpose(1, 2).contiguous().to(device).transpose(1, 2) : base.to(device);
-  if (c.offset_input) x = at::cat({at::zeros({B, T, H, 4}, x.options()), x}, -1).narrow(-1, 4, D);
-  x = x.detach().requires_grad_(true);
-  kernels::HeadTransformSpec spec;
-  spec.eps = 1e-6;
-  spec.unit_norm = c.unit;
-  spec.silu = c.silu;
-  spec.l2 = c.l2;
-  spec.scale = c.scale;
-  spec.heads_first = c.heads_first;
-  at::Tensor w;
-  if (c.weight) {
-    w = w_base.to(device).detach().requires_grad_(c.weight_grad);
-    spec.norm_weight = w;
-  }
-  if (c.rope) {
-    spec.cos = RopeTable(T, D, true).to(opts);
-    spec.sin = RopeTable(T, D, false).to(opts);
-  }
+  CaseData d = MakeCase(c, B, T, H, D, dtype, device);
 #ifdef FLASHMORPH_CUDA
   if (fused) {
-    ASSERT_TRUE(kernels::HeadTransformCudaSupports(x, spec));
+    ASSERT_TRUE(kernels::HeadTransformCudaSupports(d.x, d.spec));
   }
 #endif
-  at::Tensor y = kernels::HeadTransform(x, spec);
+  at::Tensor y = kernels::HeadTransform(d.x, d.spec);
   ASSERT_EQ(y.scalar_type(), dtype);
   if (c.heads_first) {
     ASSERT_EQ(y.sizes(), (std::vector<int64_t>{B, H, T, D}));
@@ -133,25 +160,16 @@ void CheckCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at::Sc
       EXPECT_TRUE(y.is_contiguous());
     }
   } else {
-    ASSERT_EQ(y.sizes(), x.sizes());
+    ASSERT_EQ(y.sizes(), d.x.sizes());
   }
-  at::Tensor dy = at::randn(y.sizes(), at::kDouble).to(dtype);
-  std::vector<at::Tensor> inputs = {x};
-  if (c.weight_grad) inputs.push_back(w);
-  std::vector<at::Tensor> grads = Grads(y, dy, inputs);
-
-  at::Tensor x64 = base.to(at::kDouble).requires_grad_(true);
-  at::Tensor w64 = c.weight ? w_base.to(at::kDouble).requires_grad_(c.weight_grad) : at::Tensor();
-  at::Tensor y64 = HeadTransformFloat64(x64, spec, w64);
-  std::vector<at::Tensor> in64 = {x64};
-  if (c.weight_grad) in64.push_back(w64);
-  std::vector<at::Tensor> g64 = Grads(y64, dy, in64);
-
+  std::vector<at::Tensor> inputs = {d.x};
+  if (c.weight_grad) inputs.push_back(d.w);
+  std::vector<at::Tensor> grads = Grads(y, d.dy, inputs);
   EXPECT_TRUE(AllFinite(y));
-  EXPECT_LE(RelErr(y, y64), tol) << "output";
-  EXPECT_LE(RelErr(grads[0], g64[0]), 2 * tol) << "dx";
+  EXPECT_LE(RelErr(y, d.y64), tol) << "output";
+  EXPECT_LE(RelErr(grads[0], d.dx64), 2 * tol) << "dx";
   if (c.weight_grad) {
-    EXPECT_LE(RelErr(grads[1], g64[1]), 2 * tol) << "dweight";
+    EXPECT_LE(RelErr(grads[1], d.dw64), 2 * tol) << "dweight";
   }
 }
 
@@ -181,6 +199,105 @@ TEST(FusedOps, SwiGluBackwardMatchesAutogradOnCpu) {
   EXPECT_EQ(dg.scalar_type(), at::kFloat);
   EXPECT_LE(RelErr(dg, want[0]), 1e-6);
   EXPECT_LE(RelErr(du, want[1]), 1e-6);
+}
+
+// The CUDA row kernels themselves (kernels/cuda/row_ops.cu), run on the CPU emulation of CUDA (tests/cuda_emu/):
+// both head-transform families (one warp per row; the vectorized one, which rows that are not 16-byte aligned send
+// back to the first, as the glue does), RMSNorm rows and SwiGLU, forward and backward, against float64.
+emu::HeadRowsLayout Layout(const at::Tensor& t) {  // t: a [B, T, H, D] view
+  emu::HeadRowsLayout r;
+  r.B = static_cast<int>(t.size(0)), r.T = static_cast<int>(t.size(1)), r.H = static_cast<int>(t.size(2));
+  r.D = static_cast<int>(t.size(3));
+  r.stride_b = t.stride(0), r.stride_t = t.stride(1), r.stride_h = t.stride(2);
+  return r;
+}
+bool RowsAligned16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 &&
+         t.stride(2) % 8 == 0;
+}
+const uint16_t* Bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); }
+uint16_t* MutableBits(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
+
+void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, bool vectorized) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(c.name + (vectorized ? " vectorized" : " warp per row") + " B=" + std::to_string(B) +
+               " T=" + std::to_string(T) + " H=" + std::to_string(H) + " D=" + std::to_string(D) +
+               " seed=" + std::to_string(seed));
+  constexpr double kTol = 1.2e-2;
+  CaseData d = MakeCase(c, B, T, H, D, at::kBFloat16, at::kCPU);
+  const at::Tensor x = d.x.detach();
+  const double nan = std::nan("");
+  // Output, gradient and result layouts as the glue (kernels/fused_ops_cuda.cc) makes them.
+  at::Tensor y = c.heads_first ? at::full({B, H, T, D}, nan, at::kBFloat16).transpose(1, 2)
+                               : at::full({B, T, H, D}, nan, at::kBFloat16);
+  at::Tensor w = c.weight ? d.w_base.contiguous() : at::Tensor();
+  at::Tensor cos = c.rope ? d.spec.cos.contiguous() : at::Tensor(), sin = c.rope ? d.spec.sin.contiguous() : at::Tensor();
+  emu::HeadOptions o;
+  o.weight = w.defined() ? Bits(w) : nullptr;
+  o.unit_norm = !c.weight && c.unit;
+  o.eps = 1e-6f;
+  o.cos = cos.defined() ? Bits(cos) : nullptr;
+  o.sin = sin.defined() ? Bits(sin) : nullptr;
+  o.silu = c.silu;
+  o.l2 = c.l2;
+  o.scale = static_cast<float>(c.scale);
+  o.vectorized = vectorized && RowsAligned16(x);
+  ASSERT_TRUE(emu::HeadTransform(Layout(x), Layout(y), o, Bits(x), MutableBits(y)));
+  const at::Tensor y_out = c.heads_first ? y.transpose(1, 2) : y;
+  EXPECT_TRUE(AllFinite(y_out));
+  EXPECT_LE(RelErr(y_out, d.y64), kTol) << "output";
+
+  const at::Tensor dy = c.heads_first ? d.dy.transpose(1, 2) : d.dy;  // [B, T, H, D] view of the contiguous gradient
+  at::Tensor dx = at::empty_like(x).fill_(nan);
+  at::Tensor dw = c.weight_grad ? at::zeros({D}, at::kFloat) : at::Tensor();
+  o.vectorized = o.vectorized && RowsAligned16(dy);
+  ASSERT_TRUE(emu::HeadTransformBackward(Layout(x), Layout(dy), Layout(dx), o, Bits(x), Bits(dy), MutableBits(dx),
+                                         dw.defined() ? dw.data_ptr<float>() : nullptr));
+  EXPECT_TRUE(AllFinite(dx));
+  EXPECT_LE(RelErr(dx, d.dx64), 2 * kTol) << "dx";
+  if (c.weight_grad) {
+    EXPECT_LE(RelErr(dw, d.dw64), 2 * kTol) << "dweight";
+  }
+}
+
+TEST(FusedOpsEmulated, HeadTransformKernelsMatchFloat64) {
+  const int64_t before = emu::CollectiveCount();
+  for (bool vectorized : {false, true})
+    for (const Case& c : kCases)
+      for (int64_t D : {64, 128, 256}) {
+        CheckEmulatedCase(c, 2, 5, 3, D, vectorized);
+        CheckEmulatedCase(c, 1, 7, 5, D, vectorized);  // 35 rows: partial warps' worth of rows at every D
+      }
+  EXPECT_GT(emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
+}
+
+TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
+  FreshSeed();
+  for (int64_t D : {8, 192, 2048}) {
+    SCOPED_TRACE("D=" + std::to_string(D));
+    at::Tensor x = (at::randn({37, D}, at::kDouble) * 3 + 0.5).to(at::kBFloat16);
+    at::Tensor w = (1 + 0.3 * at::randn({D}, at::kDouble)).to(at::kBFloat16);
+    at::Tensor dy = at::randn({37, D}, at::kDouble).to(at::kBFloat16);
+    at::Tensor y = at::full({37, D}, std::nan(""), at::kBFloat16), dx = at::full_like(y, std::nan(""));
+    ASSERT_TRUE(emu::RmsNormRows(37, static_cast<int>(D), Bits(x), Bits(w), 1e-6f, MutableBits(y)));
+    ASSERT_TRUE(emu::RmsNormRowsBackward(37, static_cast<int>(D), Bits(x), Bits(w), Bits(dy), 1e-6f, MutableBits(dx)));
+    at::Tensor x64 = x.to(at::kDouble).requires_grad_(true), w64 = w.to(at::kDouble);
+    at::Tensor y64 = w64 * x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-6);
+    at::Tensor dx64 = Grads(y64, dy, {x64})[0];
+    EXPECT_LE(RelErr(y, y64), 8e-3);
+    EXPECT_LE(RelErr(dx, dx64), 1.6e-2);
+  }
+  at::Tensor g = (at::randn({2, 333, 96}, at::kDouble) * 3).to(at::kBFloat16);
+  at::Tensor u = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
+  at::Tensor dy = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
+  at::Tensor y = at::full_like(g, std::nan("")), dg = at::full_like(g, std::nan("")), du = at::full_like(g, std::nan(""));
+  ASSERT_TRUE(emu::SwiGlu(g.numel(), Bits(g), Bits(u), MutableBits(y)));
+  ASSERT_TRUE(emu::SwiGluBackward(g.numel(), Bits(g), Bits(u), Bits(dy), MutableBits(dg), MutableBits(du)));
+  at::Tensor g64 = g.to(at::kDouble).requires_grad_(true), u64 = u.to(at::kDouble).requires_grad_(true);
+  auto want = Grads(g64 * at::sigmoid(g64) * u64, dy, {g64, u64});
+  EXPECT_LE(RelErr(y, g.to(at::kDouble) * at::sigmoid(g.to(at::kDouble)) * u.to(at::kDouble)), 8e-3);
+  EXPECT_LE(RelErr(dg, want[0]), 1.6e-2);
+  EXPECT_LE(RelErr(du, want[1]), 1.6e-2);
 }
 
 #ifdef FLASHMORPH_CUDA

@@ -1,0 +1,80 @@
+// Force-included (-include) into every translation unit compiled for the CPU emulation (tests/cuda_emu/): the CUDA
+// keywords, built-in indices and device intrinsics that kernels/cuda/*.cu use, mapped onto emu_runtime.h.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "tests/cuda_emu/emu_runtime.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// Static shared arrays become function statics: one block runs at a time, and all its threads see one copy.
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+#define threadIdx (::fm::emu::Current().thread_idx)
+#define blockIdx (::fm::emu::Current().block_idx)
+#define blockDim (::fm::emu::Current().block_dim)
+#define gridDim (::fm::emu::Current().grid_dim)
+
+inline void __syncthreads() { ::fm::emu::SyncThreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { ::fm::emu::SyncWarp(); }
+
+namespace fm::emu {
+// Warp shuffles: kind 0 = from lane `arg`, 1 = from lane - arg (own value below arg), 2 = from lane ^ arg.
+template <typename T, int kKind>
+struct Shuffle {
+  struct In {
+    T value;
+    int arg;
+  };
+  static void Op(const void* const* in, void* const* out) {
+    for (int lane = 0; lane < 32; ++lane) {
+      const int arg = static_cast<const In*>(in[lane])->arg;
+      const int src = kKind == 0 ? (arg & 31) : kKind == 1 ? (lane >= arg ? lane - arg : lane) : ((lane ^ arg) & 31);
+      *static_cast<T*>(out[lane]) = static_cast<const In*>(in[src])->value;
+    }
+  }
+  static T Run(T value, int arg) {
+    In in{value, arg};
+    T out;
+    WarpCollective(&in, &out, &Op);
+    return out;
+  }
+};
+}  // namespace fm::emu
+
+template <typename T>
+inline T __shfl_sync(unsigned, T v, int src, int = 32) {
+  return ::fm::emu::Shuffle<T, 0>::Run(v, src);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned, T v, unsigned delta, int = 32) {
+  return ::fm::emu::Shuffle<T, 1>::Run(v, static_cast<int>(delta));
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
+  return ::fm::emu::Shuffle<T, 2>::Run(v, mask);
+}
+
+inline float __expf(float x) { return std::exp(x); }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// Threads of a block run one at a time, so shared-memory atomics are plain updates.
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+template <typename T>
+inline T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T>
+inline T max(T a, T b) {
+  return a < b ? b : a;
+}

@@ -1,0 +1,10 @@
+// CPU emulation (tests/cuda_emu/) of kernels/cuda/smem.cuh.
+#pragma once
+
+#include "tests/cuda_emu/emu_runtime.h"
+
+namespace fm::kernels::cuda {
+
+inline char* DynamicSmem() { return ::fm::emu::DynamicSmem(); }
+
+}  // namespace fm::kernels::cuda
