@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace fm::emu {
+namespace cuda_emu {
 
 struct GlaShape {
   int BH = 0, T = 0, DK = 0, DV = 0;
@@ -29,4 +29,4 @@ bool GlaSegmentBackward(const GlaShape& s, int segment_chunks, const uint16_t* q
 bool GlaSegmentStatePass(const GlaShape& s, int segment_chunks, bool reverse, const uint16_t* a, const uint16_t* b,
                          const float* g, const float* s_in, uint16_t* chunk_states, float* s_out);
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

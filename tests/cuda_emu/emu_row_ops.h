@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-namespace fm::emu {
+namespace cuda_emu {
 
 // Element (b, t, h, d) of a [B, T, H, D] tensor at b * stride_b + t * stride_t + h * stride_h + d.
 struct HeadRowsLayout {
@@ -36,4 +36,4 @@ bool RmsNormRowsBackward(int64_t rows, int D, const uint16_t* x, const uint16_t*
 bool SwiGlu(int64_t n, const uint16_t* g, const uint16_t* u, uint16_t* y);
 bool SwiGluBackward(int64_t n, const uint16_t* g, const uint16_t* u, const uint16_t* dy, uint16_t* dg, uint16_t* du);
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-namespace fm::emu {
+namespace cuda_emu {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
@@ -178,4 +178,4 @@ void RunGrid(Dim3 grid, Dim3 block, size_t dynamic_smem, const std::function<voi
   g_block = nullptr;
 }
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

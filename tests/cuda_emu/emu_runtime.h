@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <functional>
 
-namespace fm::emu {
+namespace cuda_emu {
 
 struct Dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -46,4 +46,4 @@ void SyncWarp();
 // Collective operations performed so far (all warps): a count for tests to show the emulation ran.
 int64_t CollectiveCount();
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

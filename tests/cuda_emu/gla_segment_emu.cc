@@ -5,7 +5,7 @@
 
 #include "tests/cuda_emu/emu_gla.h"
 
-namespace fm::emu {
+namespace cuda_emu {
 namespace {
 
 namespace kc = fm::kernels::cuda;
@@ -44,4 +44,4 @@ bool GlaSegmentStatePass(const GlaShape& s, int ns, bool reverse, const uint16_t
                                        B(chunk_states), s_out, nullptr) == cudaSuccess;
 }
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

@@ -3,7 +3,7 @@
 
 #include "tests/cuda_emu/emu_row_ops.h"
 
-namespace fm::emu {
+namespace cuda_emu {
 namespace {
 
 namespace kc = fm::kernels::cuda;
@@ -63,4 +63,4 @@ bool SwiGluBackward(int64_t n, const uint16_t* g, const uint16_t* u, const uint1
   return kc::LaunchSwiGluBackward(n, B(g), B(u), B(dy), B(dg), B(du), nullptr) == cudaSuccess;
 }
 
-}  // namespace fm::emu
+}  // namespace cuda_emu

@@ -72,7 +72,7 @@ Inputs Make(const Case& c) {
   return in;
 }
 
-emu::GlaShape Shape(const Case& c) {
+cuda_emu::GlaShape Shape(const Case& c) {
   return {static_cast<int>(c.B * c.H), static_cast<int>(c.T), static_cast<int>(c.Dk), static_cast<int>(c.Dv)};
 }
 
@@ -85,11 +85,11 @@ void CheckForwardAndBackward(const Case& c) {
   at::Tensor out = at::full({BH, c.T, c.Dv}, std::nan(""), at::kBFloat16);
   at::Tensor final_state = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
   std::vector<float> seg_entry;
-  const int64_t before = emu::CollectiveCount();
-  ASSERT_TRUE(emu::GlaSegmentForward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
+  const int64_t before = cuda_emu::CollectiveCount();
+  ASSERT_TRUE(cuda_emu::GlaSegmentForward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
                                      in.g.data_ptr<float>(), in.s0.data_ptr<float>(), Bits(out),
                                      final_state.data_ptr<float>(), &seg_entry));
-  EXPECT_GT(emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
+  EXPECT_GT(cuda_emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
 
   std::vector<at::Tensor> leaves = {in.q64.clone().requires_grad_(), in.k64.clone().requires_grad_(),
                                     in.v64.clone().requires_grad_(), in.g64.clone().requires_grad_(),
@@ -112,7 +112,7 @@ void CheckForwardAndBackward(const Case& c) {
   at::Tensor dv = at::full({BH, c.T, c.Dv}, std::nan(""), at::kBFloat16);
   at::Tensor dgamma = at::full({BH, c.T}, std::nan(""), at::kFloat);
   at::Tensor dinitial = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
-  ASSERT_TRUE(emu::GlaSegmentBackward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
+  ASSERT_TRUE(cuda_emu::GlaSegmentBackward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
                                       in.g.data_ptr<float>(), Bits(dout), seg_entry, dfinal.data_ptr<float>(),
                                       Bits(dq), Bits(dk), Bits(dv), dgamma.data_ptr<float>(),
                                       dinitial.data_ptr<float>()));
@@ -146,7 +146,7 @@ void CheckStatePasses(const Case& c) {
     const at::Tensor& b = reverse ? dout : in.v;
     at::Tensor states = at::full({BH, N, c.Dk, c.Dv}, std::nan(""), at::kBFloat16);
     at::Tensor s_out = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
-    ASSERT_TRUE(emu::GlaSegmentStatePass(Shape(c), c.segment_chunks, reverse, Bits(a), Bits(b), in.g.data_ptr<float>(),
+    ASSERT_TRUE(cuda_emu::GlaSegmentStatePass(Shape(c), c.segment_chunks, reverse, Bits(a), Bits(b), in.g.data_ptr<float>(),
                                          in.s0.data_ptr<float>(), Bits(states), s_out.data_ptr<float>()));
     // S <- exp(gamma) S + a~^T b per chunk, a~ = a exp(gamma - G) (forward) or a exp(G) (reverse, chunks last first).
     at::Tensor S = in.s0.to(at::kDouble);

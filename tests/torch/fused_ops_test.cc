@@ -204,8 +204,8 @@ TEST(FusedOps, SwiGluBackwardMatchesAutogradOnCpu) {
 // The CUDA row kernels themselves (kernels/cuda/row_ops.cu), run on the CPU emulation of CUDA (tests/cuda_emu/):
 // both head-transform families (one warp per row; the vectorized one, which rows that are not 16-byte aligned send
 // back to the first, as the glue does), RMSNorm rows and SwiGLU, forward and backward, against float64.
-emu::HeadRowsLayout Layout(const at::Tensor& t) {  // t: a [B, T, H, D] view
-  emu::HeadRowsLayout r;
+cuda_emu::HeadRowsLayout Layout(const at::Tensor& t) {  // t: a [B, T, H, D] view
+  cuda_emu::HeadRowsLayout r;
   r.B = static_cast<int>(t.size(0)), r.T = static_cast<int>(t.size(1)), r.H = static_cast<int>(t.size(2));
   r.D = static_cast<int>(t.size(3));
   r.stride_b = t.stride(0), r.stride_t = t.stride(1), r.stride_h = t.stride(2);
@@ -232,7 +232,7 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
                                : at::full({B, T, H, D}, nan, at::kBFloat16);
   at::Tensor w = c.weight ? d.w_base.contiguous() : at::Tensor();
   at::Tensor cos = c.rope ? d.spec.cos.contiguous() : at::Tensor(), sin = c.rope ? d.spec.sin.contiguous() : at::Tensor();
-  emu::HeadOptions o;
+  cuda_emu::HeadOptions o;
   o.weight = w.defined() ? Bits(w) : nullptr;
   o.unit_norm = !c.weight && c.unit;
   o.eps = 1e-6f;
@@ -242,7 +242,7 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
   o.l2 = c.l2;
   o.scale = static_cast<float>(c.scale);
   o.vectorized = vectorized && RowsAligned16(x);
-  ASSERT_TRUE(emu::HeadTransform(Layout(x), Layout(y), o, Bits(x), MutableBits(y)));
+  ASSERT_TRUE(cuda_emu::HeadTransform(Layout(x), Layout(y), o, Bits(x), MutableBits(y)));
   const at::Tensor y_out = c.heads_first ? y.transpose(1, 2) : y;
   EXPECT_TRUE(AllFinite(y_out));
   EXPECT_LE(RelErr(y_out, d.y64), kTol) << "output";
@@ -251,7 +251,7 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
   at::Tensor dx = at::empty_like(x).fill_(nan);
   at::Tensor dw = c.weight_grad ? at::zeros({D}, at::kFloat) : at::Tensor();
   o.vectorized = o.vectorized && RowsAligned16(dy);
-  ASSERT_TRUE(emu::HeadTransformBackward(Layout(x), Layout(dy), Layout(dx), o, Bits(x), Bits(dy), MutableBits(dx),
+  ASSERT_TRUE(cuda_emu::HeadTransformBackward(Layout(x), Layout(dy), Layout(dx), o, Bits(x), Bits(dy), MutableBits(dx),
                                          dw.defined() ? dw.data_ptr<float>() : nullptr));
   EXPECT_TRUE(AllFinite(dx));
   EXPECT_LE(RelErr(dx, d.dx64), 2 * kTol) << "dx";
@@ -261,14 +261,14 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
 }
 
 TEST(FusedOpsEmulated, HeadTransformKernelsMatchFloat64) {
-  const int64_t before = emu::CollectiveCount();
+  const int64_t before = cuda_emu::CollectiveCount();
   for (bool vectorized : {false, true})
     for (const Case& c : kCases)
       for (int64_t D : {64, 128, 256}) {
         CheckEmulatedCase(c, 2, 5, 3, D, vectorized);
         CheckEmulatedCase(c, 1, 7, 5, D, vectorized);  // 35 rows: partial warps' worth of rows at every D
       }
-  EXPECT_GT(emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
+  EXPECT_GT(cuda_emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
 }
 
 TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
@@ -279,8 +279,8 @@ TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
     at::Tensor w = (1 + 0.3 * at::randn({D}, at::kDouble)).to(at::kBFloat16);
     at::Tensor dy = at::randn({37, D}, at::kDouble).to(at::kBFloat16);
     at::Tensor y = at::full({37, D}, std::nan(""), at::kBFloat16), dx = at::full_like(y, std::nan(""));
-    ASSERT_TRUE(emu::RmsNormRows(37, static_cast<int>(D), Bits(x), Bits(w), 1e-6f, MutableBits(y)));
-    ASSERT_TRUE(emu::RmsNormRowsBackward(37, static_cast<int>(D), Bits(x), Bits(w), Bits(dy), 1e-6f, MutableBits(dx)));
+    ASSERT_TRUE(cuda_emu::RmsNormRows(37, static_cast<int>(D), Bits(x), Bits(w), 1e-6f, MutableBits(y)));
+    ASSERT_TRUE(cuda_emu::RmsNormRowsBackward(37, static_cast<int>(D), Bits(x), Bits(w), Bits(dy), 1e-6f, MutableBits(dx)));
     at::Tensor x64 = x.to(at::kDouble).requires_grad_(true), w64 = w.to(at::kDouble);
     at::Tensor y64 = w64 * x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-6);
     at::Tensor dx64 = Grads(y64, dy, {x64})[0];
@@ -291,8 +291,8 @@ TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
   at::Tensor u = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
   at::Tensor dy = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
   at::Tensor y = at::full_like(g, std::nan("")), dg = at::full_like(g, std::nan("")), du = at::full_like(g, std::nan(""));
-  ASSERT_TRUE(emu::SwiGlu(g.numel(), Bits(g), Bits(u), MutableBits(y)));
-  ASSERT_TRUE(emu::SwiGluBackward(g.numel(), Bits(g), Bits(u), Bits(dy), MutableBits(dg), MutableBits(du)));
+  ASSERT_TRUE(cuda_emu::SwiGlu(g.numel(), Bits(g), Bits(u), MutableBits(y)));
+  ASSERT_TRUE(cuda_emu::SwiGluBackward(g.numel(), Bits(g), Bits(u), Bits(dy), MutableBits(dg), MutableBits(du)));
   at::Tensor g64 = g.to(at::kDouble).requires_grad_(true), u64 = u.to(at::kDouble).requires_grad_(true);
   auto want = Grads(g64 * at::sigmoid(g64) * u64, dy, {g64, u64});
   EXPECT_LE(RelErr(y, g.to(at::kDouble) * at::sigmoid(g.to(at::kDouble)) * u.to(at::kDouble)), 8e-3);

@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <memory>
 
 #include "tests/torch/test_util.h"
+#include "worker/engine/model/attention_record.h"
 #include "worker/engine/model/weight_loader.h"
 #include "worker/engine/morph/calibration.h"
 #include "worker/engine/morph/gate_optimization.h"
@@ -104,6 +106,48 @@ TEST_F(MorphTest, CheckpointedBackwardGivesTheSameGradients) {
   }
   EXPECT_GT(grads[0].abs().max().item<double>(), 0);
   EXPECT_LT(testing::MaxAbsDiff(grads[0], grads[1]), 1e-6 * (1 + grads[0].abs().max().item<double>()));
+}
+
+// Attention records (worker/engine/model/attention_record.h): a checkpointed backward that replays the forward's
+// softmax attention gives the gradients of one that recomputes it. On the CPU nothing is recorded (cuDNN only), so
+// that run checks the plumbing; with a GPU, the demo model in bf16 on it records (and replays) every layer.
+TEST_F(MorphTest, RecordedAttentionGivesTheSameGradients) {
+  std::vector<std::unique_ptr<Decoder>> gpu;
+  std::vector<const Decoder*> teachers = {teacher_};
+  if (at::hasCUDA()) {
+    LoadOptions o;
+    o.dtype = at::kBFloat16;
+    o.device = at::Device(at::kCUDA);
+    auto d = LoadDecoder(FM_SOURCE_DIR "/models/demo/qwen3-demo", o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    gpu.push_back(std::move(*d));
+    teachers.push_back(gpu.back().get());
+  }
+  const int64_t before = SetAttentionRecordBudget(0);
+  for (const Decoder* t : teachers) {
+    SCOPED_TRACE(t->device().str());
+    std::vector<LinearBranch> branches;
+    BranchSettings bs;
+    bs.kind = BranchKind::kLightning;
+    for (int64_t l = 0; l < t->config().num_layers; ++l)
+      branches.push_back(LinearBranch::FromTeacher(t->config(), t->weights().layers[l], l, bs, 3));
+    MorphableModel m(t, &branches);
+    at::Tensor ids = Ids(256, 4).to(t->device());
+    const int64_t L = t->config().num_layers;
+    auto loss = [&](const at::Tensor& x) { return t->FinalNorm(x).to(at::kFloat).pow(2).mean(); };
+    std::vector<at::Tensor> grads;
+    for (int64_t budget : {int64_t{0}, int64_t{1} << 30}) {
+      SetAttentionRecordBudget(budget);
+      at::Tensor gates = at::full({L, 1}, 0.6, at::TensorOptions().device(t->device())).requires_grad_(true);
+      at::Tensor value = m.ForwardBackward(ids, GatedMixes(gates), loss, /*checkpointing=*/true);
+      EXPECT_TRUE(std::isfinite(value.item<double>()));
+      ASSERT_TRUE(gates.grad().defined());
+      grads.push_back(gates.grad().to(at::kCPU).clone());
+    }
+    EXPECT_GT(grads[0].abs().max().item<double>(), 0);
+    EXPECT_LT(testing::MaxAbsDiff(grads[0], grads[1]), 1e-3 * (1 + grads[0].abs().max().item<double>()));
+  }
+  SetAttentionRecordBudget(before);
 }
 
 TEST_F(MorphTest, BranchRecurrenceContinuesThePrefill) {

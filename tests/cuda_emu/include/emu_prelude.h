@@ -1,5 +1,6 @@
 // Force-included (-include) into every translation unit compiled for the CPU emulation (tests/cuda_emu/): the CUDA
-// keywords, built-in indices and device intrinsics that kernels/cuda/*.cu use, mapped onto emu_runtime.h.
+// keywords, built-in indices and device intrinsics that kernels/cuda/*.cu use, mapped onto emu_runtime.h, and the
+// project namespace renamed.
 #pragma once
 
 #include <cmath>
@@ -7,6 +8,10 @@
 #include <cstring>
 
 #include "tests/cuda_emu/emu_runtime.h"
+
+// The project's namespace becomes another one in emulated translation units, so that the emulated kernels and
+// launchers never collide with the real ones when a CUDA build links both into one test binary.
+#define fm fm_cuda_emu
 
 #define __global__
 #define __device__
@@ -17,15 +22,15 @@
 #define __shared__ static
 #define __align__(n) alignas(n)
 
-#define threadIdx (::fm::emu::Current().thread_idx)
-#define blockIdx (::fm::emu::Current().block_idx)
-#define blockDim (::fm::emu::Current().block_dim)
-#define gridDim (::fm::emu::Current().grid_dim)
+#define threadIdx (::cuda_emu::Current().thread_idx)
+#define blockIdx (::cuda_emu::Current().block_idx)
+#define blockDim (::cuda_emu::Current().block_dim)
+#define gridDim (::cuda_emu::Current().grid_dim)
 
-inline void __syncthreads() { ::fm::emu::SyncThreads(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { ::fm::emu::SyncWarp(); }
+inline void __syncthreads() { ::cuda_emu::SyncThreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { ::cuda_emu::SyncWarp(); }
 
-namespace fm::emu {
+namespace cuda_emu {
 // Warp shuffles: kind 0 = from lane `arg`, 1 = from lane - arg (own value below arg), 2 = from lane ^ arg.
 template <typename T, int kKind>
 struct Shuffle {
@@ -47,19 +52,19 @@ struct Shuffle {
     return out;
   }
 };
-}  // namespace fm::emu
+}  // namespace cuda_emu
 
 template <typename T>
 inline T __shfl_sync(unsigned, T v, int src, int = 32) {
-  return ::fm::emu::Shuffle<T, 0>::Run(v, src);
+  return ::cuda_emu::Shuffle<T, 0>::Run(v, src);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned, T v, unsigned delta, int = 32) {
-  return ::fm::emu::Shuffle<T, 1>::Run(v, static_cast<int>(delta));
+  return ::cuda_emu::Shuffle<T, 1>::Run(v, static_cast<int>(delta));
 }
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
-  return ::fm::emu::Shuffle<T, 2>::Run(v, mask);
+  return ::cuda_emu::Shuffle<T, 2>::Run(v, mask);
 }
 
 inline float __expf(float x) { return std::exp(x); }

@@ -1,6 +1,7 @@
 #include "worker/engine/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -72,8 +73,9 @@ at::Tensor Decoder::PostAttentionNorm(int64_t layer, const at::Tensor& h) const 
   return kernels::RmsNorm(h, weights_.layers[layer].post_attention_norm, config_.rms_norm_eps);
 }
 
-at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache) const {
-  return AttentionOutProj(layer, AttentionHeads(layer, x, rope, cache));
+at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
+                              AttentionRecord* record) const {
+  return AttentionOutProj(layer, AttentionHeads(layer, x, rope, cache, -1, record));
 }
 
 at::Tensor Decoder::AttentionOutProj(int64_t layer, const at::Tensor& heads) const {
@@ -82,7 +84,7 @@ at::Tensor Decoder::AttentionOutProj(int64_t layer, const at::Tensor& heads) con
 }
 
 at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
-                                   int64_t window_override) const {
+                                   int64_t window_override, AttentionRecord* record) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads,
                 hd = config_.head_dim;
@@ -114,7 +116,13 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   at::Tensor out;
   if (offset == 0 && (window == 0 || Tk <= window)) {
-    out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/Hkv != H);
+    if (record != nullptr && record->recorded() && at::GradMode::is_enabled()) {
+      out = ReplayAttention(q, k, v, scale, *record);
+    } else if (record != nullptr && !at::GradMode::is_enabled() && CanRecordAttention(q, k, v, scale)) {
+      out = RecordAttention(q, k, v, scale, record);
+    } else {
+      out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/Hkv != H);
+    }
   } else if (T == 1 && (window == 0 || Tk <= window)) {
     // One new token sees every cached key: no mask (a mask rules out the fused GQA kernels on CUDA).
     out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/false, scale, Hkv != H);

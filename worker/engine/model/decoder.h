@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/model/attention_record.h"
 #include "worker/engine/model/decoder_weights.h"
 #include "worker/engine/model/model_config.h"
 #include "worker/engine/model/rope.h"
@@ -68,11 +69,14 @@ class Decoder {
   RopeTables Rope(int64_t start, int64_t length) const;  // cos/sin for positions [start, start+length)
   at::Tensor InputNorm(int64_t layer, const at::Tensor& x) const;
   // Softmax attention of layer `layer` on an already normed input; appends to `cache` when given.
-  at::Tensor Attention(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache) const;
+  at::Tensor Attention(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache,
+                       AttentionRecord* record = nullptr) const;
   // The two halves of Attention: per-head outputs [B, T, H*hd] before o_proj, and o_proj (+ bias) applied to them.
-  // `window_override` >= 0 replaces the layer's sliding window (0 = full causal attention).
+  // `window_override` >= 0 replaces the layer's sliding window (0 = full causal attention). With a `record`
+  // (attention_record.h), full causal attention without a cache is recorded when gradients are off and cuDNN runs
+  // it, and replayed when the record holds it and gradients are on.
   at::Tensor AttentionHeads(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache,
-                            int64_t window_override = -1) const;
+                            int64_t window_override = -1, AttentionRecord* record = nullptr) const;
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;

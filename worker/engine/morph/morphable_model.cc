@@ -46,8 +46,28 @@ std::vector<LayerMix> LayoutMixes(const std::vector<std::vector<int64_t>>& full_
 MorphableModel::MorphableModel(const Decoder* decoder, std::vector<LinearBranch>* branches)
     : decoder_(decoder), branches_(branches) {}
 
+std::vector<bool> MorphableModel::RecordedLayers(const at::Tensor& ids, const std::vector<LayerMix>& mixes) const {
+  std::vector<bool> keep(mixes.size(), false);
+  const int64_t budget = AttentionRecordBudget();
+  if (budget <= 0) return keep;
+  const ModelConfig& c = decoder_->config();
+  // One record: the [B, T, H, D] output in the model's dtype and a [B, H, T] fp32 log-sum-exp.
+  const int64_t per_layer = ids.size(0) * ids.size(1) * c.num_heads *
+                            (c.head_dim * static_cast<int64_t>(at::elementSize(decoder_->dtype())) + 4);
+  int64_t fit = budget / per_layer;
+  // The last layers with softmax attention: the backward consumes (and frees) their records first.
+  for (int64_t l = static_cast<int64_t>(mixes.size()) - 1; l >= 0 && fit > 0; --l) {
+    const LayerMix::Mode m = mixes[l].mode;
+    if ((m == LayerMix::Mode::kFull || m == LayerMix::Mode::kGated) && c.sliding_window[l] == 0) {
+      keep[l] = true;
+      --fit;
+    }
+  }
+  return keep;
+}
+
 at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                                          HybridCache* cache) const {
+                                          HybridCache* cache, AttentionRecord* record) const {
   KvCache* kv = nullptr;
   at::Tensor* state = nullptr;
   if (cache) {
@@ -57,7 +77,7 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   }
   switch (mix.mode) {
     case LayerMix::Mode::kFull:
-      return decoder_->Attention(l, x, rope, kv);
+      return decoder_->Attention(l, x, rope, kv, record);
     case LayerMix::Mode::kLinear:
       return (*branches_)[l].Forward(x, state);
     case LayerMix::Mode::kSlidingWindow:
@@ -70,7 +90,7 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   const int64_t H = decoder_->config().num_heads, D = decoder_->config().head_dim;
   at::Tensor a = mix.gates.to(x.device(), at::kFloat).reshape({-1});
   if (a.size(0) == 1) a = a.expand({H});
-  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, kv);
+  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, kv, -1, record);
   at::Tensor la = branch.HeadOutputs(x, state);
   at::Tensor out;
 #ifdef FLASHMORPH_CUDA
@@ -93,8 +113,8 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
 }
 
 at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                                 HybridCache* cache) const {
-  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache);
+                                 HybridCache* cache, AttentionRecord* record) const {
+  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache, record);
   return h + decoder_->Mlp(l, decoder_->PostAttentionNorm(l, h));
 }
 
@@ -142,7 +162,8 @@ int64_t HybridCache::Bytes() const {
 }
 
 at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
-                                   std::vector<at::Tensor>* inputs) const {
+                                   std::vector<at::Tensor>* inputs,
+                                   const std::vector<AttentionRecord*>* records) const {
   std::optional<at::NoGradGuard> no_grad;
   if (inputs) no_grad.emplace();
   RopeOnDevices rope(decoder_->Rope(0, ids.size(1)));
@@ -151,7 +172,8 @@ at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<Laye
     const at::Device dev = decoder_->LayerDevice(l);
     x = x.to(dev);  // layer sharding: the residual stream follows the layers (differentiable)
     if (inputs) inputs->push_back(x);
-    x = Layer(l, x, rope.On(dev), mixes[l]);
+    AttentionRecord* record = records && l < static_cast<int64_t>(records->size()) ? (*records)[l] : nullptr;
+    x = Layer(l, x, rope.On(dev), mixes[l], nullptr, record);
   }
   return x;
 }
@@ -166,7 +188,12 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
     return loss.detach();
   }
   std::vector<at::Tensor> inputs;
-  at::Tensor last = Forward(ids, mixes, &inputs).detach().requires_grad_(true);
+  const std::vector<bool> recorded = RecordedLayers(ids, mixes);
+  std::vector<AttentionRecord> store(mixes.size());
+  std::vector<AttentionRecord*> records(mixes.size(), nullptr);
+  for (size_t l = 0; l < mixes.size(); ++l)
+    if (recorded[l]) records[l] = &store[l];
+  at::Tensor last = Forward(ids, mixes, &inputs, &records).detach().requires_grad_(true);
   at::Tensor loss = loss_fn(last);
   loss.backward();
   at::Tensor grad = last.grad();
@@ -177,14 +204,15 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
     at::Tensor x = inputs[l].detach().requires_grad_(need_input_grad);
     const DecoderLayerWeights& w = decoder_->weights().layers[l];
     if (w.down_proj.requires_grad() || (w.down_bias.defined() && w.down_bias.requires_grad())) {
-      at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l]);
+      at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l], nullptr, records[l]);
       if (!y.requires_grad()) break;  // nothing below this layer trains
       y.backward(grad.to(y.device()));
     } else {
       // The layer's output y = h + down(silu(gate) * up) is not needed, only its gradient: with the down
       // projection frozen, dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the gate and up
       // projections and the activation's backward runs directly on them (its forward is never formed).
-      at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l]);
+      at::Tensor h =
+          x + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l], nullptr, records[l]);
       auto [gate, up] = decoder_->MlpGateUp(l, decoder_->PostAttentionNorm(l, h));
       if (!h.requires_grad()) break;  // nothing below this layer trains
       const at::Tensor g = grad.to(h.device());
@@ -193,6 +221,7 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
     }
     if (need_input_grad) grad = x.grad();
     inputs[l] = at::Tensor();
+    store[l] = AttentionRecord();
   }
   if (embed_trains) decoder_->Embed(ids.to(decoder_->device())).backward(grad.to(decoder_->device()));
   return loss.detach();

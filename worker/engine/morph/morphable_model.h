@@ -52,16 +52,19 @@ class MorphableModel {
   // Attention block of layer l on the input-normed x, mixed as `mix` says. With a cache, x continues the cached
   // positions (rope must start at cache->length()): softmax heads read and extend cache->kv, the branch continues
   // from cache->states[l] and replaces it.
+  // A `record` keeps (no-grad pass) or replays (recomputation) the layer's softmax attention (attention_record.h).
   at::Tensor MixedAttention(int64_t l, const at::Tensor& x_normed, const RopeTables& rope, const LayerMix& mix,
-                            HybridCache* cache = nullptr) const;
+                            HybridCache* cache = nullptr, AttentionRecord* record = nullptr) const;
   // One decoder layer (residual stream in -> out).
   at::Tensor Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                   HybridCache* cache = nullptr) const;
+                   HybridCache* cache = nullptr, AttentionRecord* record = nullptr) const;
 
   // Residual stream after the last layer (before the final norm), without building an autograd graph when
-  // `keep_inputs` (the checkpointed forward: each layer's input is stored in `inputs`).
+  // `inputs` is given (the checkpointed forward: each layer's input is stored there; layer l's softmax attention
+  // is recorded into (*records)[l] where that vector has an entry, see ForwardBackward).
   at::Tensor Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
-                     std::vector<at::Tensor>* inputs = nullptr) const;
+                     std::vector<at::Tensor>* inputs = nullptr,
+                     const std::vector<AttentionRecord*>* records = nullptr) const;
 
   // Inference with caches (no autograd graph): ids [B, T] (any device) continue the `cache->length()` cached
   // positions — a prefill on an empty cache, then one call per decoded token (or chunk) — and the cache is extended by
@@ -73,13 +76,18 @@ class MorphableModel {
                                            HybridCache* cache) const;
 
   // Forward + backward: loss = loss_fn(x_L), gradients accumulate into every leaf that requires grad (gates,
-  // branch parameters, decoder weights). With `checkpointing`, layers are recomputed one at a time.
+  // branch parameters, decoder weights). With `checkpointing`, layers are recomputed one at a time; the last layers'
+  // softmax attention is kept from the forward for their recomputation as far as AttentionRecordBudget() allows.
   // Returns the loss (detached).
   at::Tensor ForwardBackward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
                              const std::function<at::Tensor(const at::Tensor& x_last)>& loss_fn,
                              bool checkpointing) const;
 
  private:
+  // The layers whose softmax attention the checkpointed forward keeps within AttentionRecordBudget(): the last ones
+  // with full causal softmax attention (kFull or kGated, no sliding window).
+  std::vector<bool> RecordedLayers(const at::Tensor& ids, const std::vector<LayerMix>& mixes) const;
+
   const Decoder* decoder_;
   std::vector<LinearBranch>* branches_;
 };

@@ -12,7 +12,7 @@ namespace fm::kernels::cuda {
 template <typename Kernel, typename... Args>
 cudaError_t Launch(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t, Args... args) {
   if (grid.x == 0 || grid.y == 0) return cudaSuccess;
-  ::fm::emu::RunGrid({grid.x, grid.y, grid.z}, {static_cast<unsigned>(threads), 1, 1}, smem, [&] { kernel(args...); });
+  ::cuda_emu::RunGrid({grid.x, grid.y, grid.z}, {static_cast<unsigned>(threads), 1, 1}, smem, [&] { kernel(args...); });
   return cudaSuccess;
 }
 

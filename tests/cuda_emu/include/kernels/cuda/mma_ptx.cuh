@@ -70,15 +70,15 @@ inline void MmaOp(const void* const* in, void* const* out) {
 }  // namespace emu_detail
 
 inline void LdMatrixX4(uint32_t (&r)[4], const void* row) {
-  ::fm::emu::WarpCollective(&row, r, &emu_detail::LdMatrixOp<false>);
+  ::cuda_emu::WarpCollective(&row, r, &emu_detail::LdMatrixOp<false>);
 }
 inline void LdMatrixX4Trans(uint32_t (&r)[4], const void* row) {
-  ::fm::emu::WarpCollective(&row, r, &emu_detail::LdMatrixOp<true>);
+  ::cuda_emu::WarpCollective(&row, r, &emu_detail::LdMatrixOp<true>);
 }
 inline void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   emu_detail::MmaIn in{{a[0], a[1], a[2], a[3]}, {b0, b1}, {d[0], d[1], d[2], d[3]}};
   float out[4];
-  ::fm::emu::WarpCollective(&in, out, &emu_detail::MmaOp);
+  ::cuda_emu::WarpCollective(&in, out, &emu_detail::MmaOp);
   for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
 

@@ -5,6 +5,6 @@
 
 namespace fm::kernels::cuda {
 
-inline char* DynamicSmem() { return ::fm::emu::DynamicSmem(); }
+inline char* DynamicSmem() { return ::cuda_emu::DynamicSmem(); }
 
 }  // namespace fm::kernels::cuda
