@@ -39,8 +39,14 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#ifdef FLASHMORPH_CUDA
+#include "kernels/fused_ops_cuda.h"
+#include "kernels/linear_attention_cuda.h"
+#endif
+
 #include "bench/bench_model.h"
 #include "bench/step_profile.h"
+#include "worker/engine/model/attention_record.h"
 #include "worker/engine/model/decoder.h"
 #include "worker/engine/model/decoder_placement.h"
 #include "worker/engine/model/decoder_weights.h"
@@ -177,6 +183,18 @@ struct RunInfo {
   int warmup = 0, steps = 0;
 };
 
+// The process-wide engine settings that change which kernels run (each has an environment variable).
+nlohmann::json EngineSettings() {
+  nlohmann::json s = {{"attention_record_mib", AttentionRecordBudget() >> 20}};
+#ifdef FLASHMORPH_CUDA
+  s["gla_segments"] = kernels::SegmentedGla();
+  s["gla_segment_chunks"] = kernels::GlaSegmentChunks();  // 0: chosen from the problem's size
+  s["vectorized_head_transform"] = kernels::VectorizedHeadTransform();
+  s["sequential_state_scan"] = kernels::SequentialStateScan();
+#endif
+  return s;
+}
+
 // Rewritten after every configuration, so a run stopped by a time limit leaves what it finished.
 bool WriteJson(const std::string& path, const RunInfo& info, const std::vector<Row>& rows) {
   const Shape& s = info.shape;
@@ -190,6 +208,7 @@ bool WriteJson(const std::string& path, const RunInfo& info, const std::vector<R
   j["warmup"] = info.warmup;
   j["steps"] = info.steps;
   j["threads"] = at::get_num_threads();
+  j["settings"] = EngineSettings();
   j["peak_flops"] = kPeakFlops;
   j["results"] = nlohmann::json::array();
   for (const Row& r : rows) {
@@ -320,6 +339,7 @@ int Run(int argc, char** argv) {
       static_cast<long>(shape.Hkv), static_cast<long>(shape.hd), static_cast<long>(shape.ff), static_cast<long>(vocab),
       device_name.c_str(), dtype_name.c_str(), static_cast<long>(answers), warmup, steps, at::get_num_threads(),
       std::chrono::duration<double>(Clock::now() - t_build).count());
+  std::printf("# settings: %s\n", EngineSettings().dump().c_str());
   std::printf("%-12s %-10s %6s %4s %10s %11s %8s %8s %7s %9s %12s\n", "stage", "branch", "T", "dev", "step ms",
               "tokens/s", "speed-up", "TFLOP/s", "MFU", "peak GiB", "loss");
 

@@ -324,8 +324,10 @@ class Bench:
                 "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                 "host": platform.node(), "H": self.heads, "D": HEAD_DIM, "reps": self.reps, "warmup": self.warmup,
                 "flop_formula": FLOP_FORMULA, "byte_formula": BYTE_FORMULA, "rate_note": RATE_NOTE,
-                # which state pass our GLA/Lightning kernels ran (docs/KERNELS.md)
-                "sequential_scan": os.environ.get("FLASHMORPH_SEQUENTIAL_SCAN", "0") == "1"}
+                # which passes our GLA/Lightning kernels ran (docs/KERNELS.md)
+                "sequential_scan": os.environ.get("FLASHMORPH_SEQUENTIAL_SCAN", "0") == "1",
+                "gla_segments": os.environ.get("FLASHMORPH_GLA_SEGMENTS", "1") != "0",
+                "gla_segment_chunks": int(os.environ.get("FLASHMORPH_GLA_SEGMENT_CHUNKS", "0") or 0)}
         try:
             import triton
             meta["triton"] = triton.__version__

@@ -76,7 +76,7 @@ struct HeadFlags {
 std::atomic<bool>& VectorizedHeadTransformSetting() {
   static std::atomic<bool> on{[] {
     const char* env = std::getenv("FLASHMORPH_VECTOR_HEADS");
-    return env != nullptr && env[0] == '1';
+    return env == nullptr || env[0] != '0';
   }()};
   return on;
 }

@@ -14,9 +14,10 @@ namespace fm::kernels {
 bool RmsNormRowsCudaSupports(const at::Tensor& x, const at::Tensor& weight);
 at::Tensor RmsNormRowsCuda(const at::Tensor& x, const at::Tensor& weight, double eps);
 
-// Experimental (default off; environment FLASHMORPH_VECTOR_HEADS=1 sets the start value): HeadTransform's
-// vectorized kernels (8 elements per lane, 16-byte loads) for inputs whose rows are 16-byte aligned; the others keep
-// one warp per row. Compile-checked, to be timed on the GPU (docs/KERNELS.md). Returns the previous value.
+// HeadTransform's vectorized kernels (8 elements per lane, 16-byte loads) for inputs whose rows are 16-byte aligned;
+// the others keep one warp per row. On by default (FLASHMORPH_VECTOR_HEADS=0 sets the start value off); checked
+// against float64 in CPU CI on the emulated GPU (FusedOpsEmulated) and on the GPU (FusedOpsCuda), not yet timed
+// there (docs/KERNELS.md). Returns the previous value.
 bool SetVectorizedHeadTransform(bool on);
 bool VectorizedHeadTransform();
 
