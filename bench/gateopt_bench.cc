@@ -102,7 +102,7 @@ struct Row {
   int64_t devices = 1, tokens_per_step = 0;  // tokens of one timed unit (gate step over the samples, or K steps)
   std::optional<double> speedup;             // tokens/s over the same configuration's on one device
   std::vector<double> replica_s;             // data-parallel gate step: each replica's share of the last step
-  std::vector<double> step_s;  // timed steps
+  std::vector<double> step_s;                // timed steps
   double median_s = 0, mean_s = 0, tokens_per_s = 0, flops_per_token = 0, loss = 0;
   std::optional<double> mfu;       // against the H200's bf16 peak: CUDA only
   std::optional<double> peak_gib;  // CUDA only

@@ -273,11 +273,11 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
         states = f.seg_entry, final_state = f.final_state;
       }
       at::Tensor workspace = SegmentWorkspace(p, prob, ns), dh_entry = SegmentStates(p, prob, ns);
-      Check(kc::LaunchGlaSegmentBackward(prob, ns, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CF(states),
-                                         CF(dfinal), workspace.data_ptr<float>(), dh_entry.data_ptr<float>(), Bf(dq),
-                                         Bf(dk), Bf(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>(),
-                                         Stream()),
-            "GlaSegmentBackward");
+      Check(
+          kc::LaunchGlaSegmentBackward(prob, ns, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CF(states),
+                                       CF(dfinal), workspace.data_ptr<float>(), dh_entry.data_ptr<float>(), Bf(dq),
+                                       Bf(dk), Bf(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>(), Stream()),
+          "GlaSegmentBackward");
     } else {
       GlaGradTwoPhase(p, prob, dout, dfinal, states, final_state, dq, dk, dv, dgamma, chunk_sums, dinitial);
     }
@@ -356,8 +356,8 @@ class GdnFunction : public torch::autograd::Function<GdnFunction> {
     const c10::cuda::CUDAGuard guard(saved[0].device());
     GatedDeltaRuleGrads r = GatedDeltaRuleChunkedBackward(saved[0], saved[1], saved[2], saved[3], saved[4],
                                                           initial_state, grads[0], grads[1], kc::kChunkScalarDecay);
-    variable_list result = {r.dq.to(saved[0].scalar_type()), r.dk.to(saved[1].scalar_type()),
-                            r.dv.to(saved[2].scalar_type()), r.dg.to(saved[3].scalar_type()),
+    variable_list result = {r.dq.to(saved[0].scalar_type()),    r.dk.to(saved[1].scalar_type()),
+                            r.dv.to(saved[2].scalar_type()),    r.dg.to(saved[3].scalar_type()),
                             r.dbeta.to(saved[4].scalar_type()), at::Tensor()};
     if (initial_state.defined()) result[5] = r.dinitial_state.to(initial_state.scalar_type());
     return result;

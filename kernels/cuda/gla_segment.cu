@@ -62,8 +62,8 @@ struct SegLayout {
       s.Take<float>(kC);  // raw log decays
     }
     if (M != SegMode::kSummary) s.Take<bf16>(DK * LDV);  // the state (or its gradient) in bf16
-    s.Take<float>(kWarps * kC);                           // per-warp cumulative decays
-    s.Take<float>(kC);                                    // per-step dot products (dgamma)
+    s.Take<float>(kWarps * kC);                          // per-warp cumulative decays
+    s.Take<float>(kC);                                   // per-step dot products (dgamma)
     return s.used;
   }
 };
@@ -191,8 +191,7 @@ __device__ __forceinline__ void ScaleRows(float (&acc)[NT][4], float f1, float f
 
 // Stores the warp's rows r1 = row0 + 16 mt + grp and r1 + 8 (columns n0..) of acc as bf16 into global rows of `ld`.
 template <int NT>
-__device__ __forceinline__ void StoreRows(bf16* rows, int64_t ld, const float (&acc)[NT][4], int r1, int n0,
-                                          int lane) {
+__device__ __forceinline__ void StoreRows(bf16* rows, int64_t ld, const float (&acc)[NT][4], int r1, int n0, int lane) {
   const int quad = lane % 4;
   bf16* o1 = rows + r1 * ld;
   bf16* o2 = o1 + 8 * ld;
@@ -249,8 +248,7 @@ struct WalkArgs {
 template <int DK, int DV, SegMode kMode, bool kReverse>
 __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs args) {
   using L = SegLayout<DK, DV>;
-  static_assert(kMode == SegMode::kSummary || kMode == SegMode::kStates ||
-                    kReverse == (kMode == SegMode::kGradKV),
+  static_assert(kMode == SegMode::kSummary || kMode == SegMode::kStates || kReverse == (kMode == SegMode::kGradKV),
                 "outputs and dq walk forwards, dk/dv backwards");
   constexpr int kTiles = 2 + ExtraTiles(kMode);
   constexpr int kTileCols[4] = {DK, DV, kMode == SegMode::kGradQ ? DV : DK, kMode == SegMode::kGradKV ? DV : DK};
@@ -298,8 +296,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       const int cols = kTileCols[t];
-      AsyncCopyRows(st.t[t], L::template Ld<kMode>(t), args.rows[t] + (static_cast<int64_t>(bh) * T + t0) * cols,
-                    cols, kC, cols);
+      AsyncCopyRows(st.t[t], L::template Ld<kMode>(t), args.rows[t] + (static_cast<int64_t>(bh) * T + t0) * cols, cols,
+                    kC, cols);
     }
     AsyncCopyRowsF32(st.g, kC, g_base + t0, kC, 1, kC);
   };
@@ -551,8 +549,8 @@ bool Supported(const ChunkProblem& p, int NS) {
 }  // namespace
 
 // Head sizes: FM_SEG_DISPATCH(F, args...) calls F<DK, DV>(args...) for the problem's padded sizes.
-#define FM_SEG_DISPATCH(F, ...)                                                              \
-  (p.DK == 128 ? (p.DV == 128 ? F<128, 128>(__VA_ARGS__) : F<128, 64>(__VA_ARGS__))          \
+#define FM_SEG_DISPATCH(F, ...)                                                     \
+  (p.DK == 128 ? (p.DV == 128 ? F<128, 128>(__VA_ARGS__) : F<128, 64>(__VA_ARGS__)) \
                : (p.DV == 128 ? F<64, 128>(__VA_ARGS__) : F<64, 64>(__VA_ARGS__)))
 
 size_t GlaSegmentWorkspaceFloats(const ChunkProblem& p, int segment_chunks) {
@@ -566,9 +564,8 @@ size_t GlaSegmentStatesFloats(const ChunkProblem& p, int segment_chunks) {
 }
 
 cudaError_t LaunchGlaSegmentStatePass(const ChunkProblem& p, int segment_chunks, bool reverse, const bf16* rows_a,
-                                      const bf16* rows_b, const float* g, const float* initial_state,
-                                      float* workspace, float* seg_states, bf16* chunk_states, float* final_state,
-                                      cudaStream_t stream) {
+                                      const bf16* rows_b, const float* g, const float* initial_state, float* workspace,
+                                      float* seg_states, bf16* chunk_states, float* final_state, cudaStream_t stream) {
   if (!Supported(p, segment_chunks) || !workspace || !seg_states || !chunk_states) return cudaErrorInvalidValue;
   if (p.BH == 0 || p.T == 0) return cudaSuccess;
   return reverse ? FM_SEG_DISPATCH(StatePassReverse, p, segment_chunks, rows_a, rows_b, g, initial_state, workspace,
@@ -583,8 +580,8 @@ cudaError_t LaunchGlaSegmentForward(const ChunkProblem& p, int segment_chunks, c
                                     cudaStream_t stream) {
   if (!Supported(p, segment_chunks) || !workspace || !seg_entry || !out) return cudaErrorInvalidValue;
   if (p.BH == 0 || p.T == 0) return cudaSuccess;
-  return FM_SEG_DISPATCH(Forward, p, segment_chunks, q, k, v, g, initial_state, workspace, seg_entry, out,
-                         chunk_states, final_state, stream);
+  return FM_SEG_DISPATCH(Forward, p, segment_chunks, q, k, v, g, initial_state, workspace, seg_entry, out, chunk_states,
+                         final_state, stream);
 }
 
 cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, const bf16* q, const bf16* k,
@@ -595,8 +592,8 @@ cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, 
       !dinitial)
     return cudaErrorInvalidValue;
   if (p.BH == 0 || p.T == 0) return cudaSuccess;
-  return FM_SEG_DISPATCH(Backward, p, segment_chunks, q, k, v, g, dout, seg_entry, dfinal, workspace, dh_entry, dq,
-                         dk, dv, dgamma, dinitial, stream);
+  return FM_SEG_DISPATCH(Backward, p, segment_chunks, q, k, v, g, dout, seg_entry, dfinal, workspace, dh_entry, dq, dk,
+                         dv, dgamma, dinitial, stream);
 }
 
 #undef FM_SEG_DISPATCH

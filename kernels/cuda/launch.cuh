@@ -17,8 +17,7 @@ template <typename Kernel, typename... Args>
 cudaError_t Launch(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, Args... args) {
   if (grid.x == 0 || grid.y == 0) return cudaSuccess;
   if (smem > kDefaultDynamicSmem) {
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   kernel<<<grid, threads, smem, stream>>>(args...);

@@ -62,9 +62,8 @@ cudaError_t LaunchGlaSegmentStatePass(const ChunkProblem& p, int segment_chunks,
                                       __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
 cudaError_t LaunchGlaSegmentForward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
                                     const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
-                                    const float* initial_state, float* workspace, float* seg_entry,
-                                    __nv_bfloat16* out, __nv_bfloat16* chunk_states, float* final_state,
-                                    cudaStream_t stream);
+                                    const float* initial_state, float* workspace, float* seg_entry, __nv_bfloat16* out,
+                                    __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
 cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
                                      const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
                                      const __nv_bfloat16* dout, const float* seg_entry, const float* dfinal,

@@ -17,8 +17,8 @@ namespace wmma = nvcuda::wmma;
 // C is row-major fp32 with ldc; with accumulate it is read first. The 16x16 output tiles are spread over the
 // block's warps; the caller synchronises before reading C.
 template <bool kTransA, bool kTransB>
-__device__ __forceinline__ void BlockGemm(const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float* C, int ldc, int M,
-                                          int N, int K, bool accumulate) {
+__device__ __forceinline__ void BlockGemm(const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float* C,
+                                          int ldc, int M, int N, int K, bool accumulate) {
   using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;
   using LayoutB = std::conditional_t<kTransB, wmma::col_major, wmma::row_major>;
   wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> fa;

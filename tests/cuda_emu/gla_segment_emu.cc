@@ -31,13 +31,12 @@ bool GlaSegmentBackward(const GlaShape& s, int ns, const uint16_t* q, const uint
                         uint16_t* dq, uint16_t* dk, uint16_t* dv, float* dgamma, float* dinitial) {
   const kc::ChunkProblem p = Problem(s);
   std::vector<float> workspace(kc::GlaSegmentWorkspaceFloats(p, ns)), dh_entry(kc::GlaSegmentStatesFloats(p, ns));
-  return kc::LaunchGlaSegmentBackward(p, ns, B(q), B(k), B(v), g, B(dout), seg_entry.data(), dfinal,
-                                      workspace.data(), dh_entry.data(), B(dq), B(dk), B(dv), dgamma, dinitial,
-                                      nullptr) == cudaSuccess;
+  return kc::LaunchGlaSegmentBackward(p, ns, B(q), B(k), B(v), g, B(dout), seg_entry.data(), dfinal, workspace.data(),
+                                      dh_entry.data(), B(dq), B(dk), B(dv), dgamma, dinitial, nullptr) == cudaSuccess;
 }
 
-bool GlaSegmentStatePass(const GlaShape& s, int ns, bool reverse, const uint16_t* a, const uint16_t* b,
-                         const float* g, const float* s_in, uint16_t* chunk_states, float* s_out) {
+bool GlaSegmentStatePass(const GlaShape& s, int ns, bool reverse, const uint16_t* a, const uint16_t* b, const float* g,
+                         const float* s_in, uint16_t* chunk_states, float* s_out) {
   const kc::ChunkProblem p = Problem(s);
   std::vector<float> workspace(kc::GlaSegmentWorkspaceFloats(p, ns)), seg(kc::GlaSegmentStatesFloats(p, ns));
   return kc::LaunchGlaSegmentStatePass(p, ns, reverse, B(a), B(b), g, s_in, workspace.data(), seg.data(),

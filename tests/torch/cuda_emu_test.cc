@@ -87,8 +87,8 @@ void CheckForwardAndBackward(const Case& c) {
   std::vector<float> seg_entry;
   const int64_t before = cuda_emu::CollectiveCount();
   ASSERT_TRUE(cuda_emu::GlaSegmentForward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
-                                     in.g.data_ptr<float>(), in.s0.data_ptr<float>(), Bits(out),
-                                     final_state.data_ptr<float>(), &seg_entry));
+                                          in.g.data_ptr<float>(), in.s0.data_ptr<float>(), Bits(out),
+                                          final_state.data_ptr<float>(), &seg_entry));
   EXPECT_GT(cuda_emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
 
   std::vector<at::Tensor> leaves = {in.q64.clone().requires_grad_(), in.k64.clone().requires_grad_(),
@@ -112,10 +112,9 @@ void CheckForwardAndBackward(const Case& c) {
   at::Tensor dv = at::full({BH, c.T, c.Dv}, std::nan(""), at::kBFloat16);
   at::Tensor dgamma = at::full({BH, c.T}, std::nan(""), at::kFloat);
   at::Tensor dinitial = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
-  ASSERT_TRUE(cuda_emu::GlaSegmentBackward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
-                                      in.g.data_ptr<float>(), Bits(dout), seg_entry, dfinal.data_ptr<float>(),
-                                      Bits(dq), Bits(dk), Bits(dv), dgamma.data_ptr<float>(),
-                                      dinitial.data_ptr<float>()));
+  ASSERT_TRUE(cuda_emu::GlaSegmentBackward(
+      Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v), in.g.data_ptr<float>(), Bits(dout), seg_entry,
+      dfinal.data_ptr<float>(), Bits(dq), Bits(dk), Bits(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>()));
   // dg_t = sum over s >= t of (q.dq - k.dk)_s + <S_T, dS_T> (docs/KERNELS.md, "Backward of GLA").
   at::Tensor dg = dgamma.to(at::kDouble).flip(1).cumsum(1).flip(1) +
                   (final_state.to(at::kDouble) * dfinal.to(at::kDouble)).sum({1, 2}).unsqueeze(1);
@@ -146,8 +145,9 @@ void CheckStatePasses(const Case& c) {
     const at::Tensor& b = reverse ? dout : in.v;
     at::Tensor states = at::full({BH, N, c.Dk, c.Dv}, std::nan(""), at::kBFloat16);
     at::Tensor s_out = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
-    ASSERT_TRUE(cuda_emu::GlaSegmentStatePass(Shape(c), c.segment_chunks, reverse, Bits(a), Bits(b), in.g.data_ptr<float>(),
-                                         in.s0.data_ptr<float>(), Bits(states), s_out.data_ptr<float>()));
+    ASSERT_TRUE(cuda_emu::GlaSegmentStatePass(Shape(c), c.segment_chunks, reverse, Bits(a), Bits(b),
+                                              in.g.data_ptr<float>(), in.s0.data_ptr<float>(), Bits(states),
+                                              s_out.data_ptr<float>()));
     // S <- exp(gamma) S + a~^T b per chunk, a~ = a exp(gamma - G) (forward) or a exp(G) (reverse, chunks last first).
     at::Tensor S = in.s0.to(at::kDouble);
     at::Tensor want = at::empty({BH, N, c.Dk, c.Dv}, at::kDouble);
@@ -169,8 +169,10 @@ void CheckStatePasses(const Case& c) {
 
 TEST(CudaEmulation, SegmentedLightningMatchesFloat64) {
   // Head sizes 64 and 128 in every combination; segments of 1, 2, 3 chunks (ragged: 5 chunks in segments of 2 or 3).
-  const std::vector<Case> cases = {{1, 2, 320, 128, 128, 2, false}, {2, 1, 192, 64, 64, 1, false},
-                                   {1, 2, 320, 64, 128, 3, true},   {1, 1, 256, 128, 64, 4, false},
+  const std::vector<Case> cases = {{1, 2, 320, 128, 128, 2, false},
+                                   {2, 1, 192, 64, 64, 1, false},
+                                   {1, 2, 320, 64, 128, 3, true},
+                                   {1, 1, 256, 128, 64, 4, false},
                                    {1, 1, 128, 64, 64, 8, true}};
   for (const Case& c : cases) CheckForwardAndBackward(c);
 }

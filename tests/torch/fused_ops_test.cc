@@ -107,8 +107,8 @@ CaseData MakeCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D, at:
   const auto opts = at::TensorOptions().dtype(dtype).device(device);
   d.base = (at::randn({B, T, H, D}, at::kDouble) * 2 + 0.3).to(dtype);
   d.w_base = (1 + 0.3 * at::randn({D}, at::kDouble)).to(dtype);
-  at::Tensor x = c.transposed_input ? d.base.transpose(1, 2).contiguous().to(device).transpose(1, 2)
-                                    : d.base.to(device);
+  at::Tensor x =
+      c.transposed_input ? d.base.transpose(1, 2).contiguous().to(device).transpose(1, 2) : d.base.to(device);
   if (c.offset_input) x = at::cat({at::zeros({B, T, H, 4}, x.options()), x}, -1).narrow(-1, 4, D);
   d.x = x.detach().requires_grad_(true);
   d.spec.eps = 1e-6;
@@ -231,7 +231,8 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
   at::Tensor y = c.heads_first ? at::full({B, H, T, D}, nan, at::kBFloat16).transpose(1, 2)
                                : at::full({B, T, H, D}, nan, at::kBFloat16);
   at::Tensor w = c.weight ? d.w_base.contiguous() : at::Tensor();
-  at::Tensor cos = c.rope ? d.spec.cos.contiguous() : at::Tensor(), sin = c.rope ? d.spec.sin.contiguous() : at::Tensor();
+  at::Tensor cos = c.rope ? d.spec.cos.contiguous() : at::Tensor(),
+             sin = c.rope ? d.spec.sin.contiguous() : at::Tensor();
   cuda_emu::HeadOptions o;
   o.weight = w.defined() ? Bits(w) : nullptr;
   o.unit_norm = !c.weight && c.unit;
@@ -252,7 +253,7 @@ void CheckEmulatedCase(const Case& c, int64_t B, int64_t T, int64_t H, int64_t D
   at::Tensor dw = c.weight_grad ? at::zeros({D}, at::kFloat) : at::Tensor();
   o.vectorized = o.vectorized && RowsAligned16(dy);
   ASSERT_TRUE(cuda_emu::HeadTransformBackward(Layout(x), Layout(dy), Layout(dx), o, Bits(x), Bits(dy), MutableBits(dx),
-                                         dw.defined() ? dw.data_ptr<float>() : nullptr));
+                                              dw.defined() ? dw.data_ptr<float>() : nullptr));
   EXPECT_TRUE(AllFinite(dx));
   EXPECT_LE(RelErr(dx, d.dx64), 2 * kTol) << "dx";
   if (c.weight_grad) {
@@ -280,7 +281,8 @@ TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
     at::Tensor dy = at::randn({37, D}, at::kDouble).to(at::kBFloat16);
     at::Tensor y = at::full({37, D}, std::nan(""), at::kBFloat16), dx = at::full_like(y, std::nan(""));
     ASSERT_TRUE(cuda_emu::RmsNormRows(37, static_cast<int>(D), Bits(x), Bits(w), 1e-6f, MutableBits(y)));
-    ASSERT_TRUE(cuda_emu::RmsNormRowsBackward(37, static_cast<int>(D), Bits(x), Bits(w), Bits(dy), 1e-6f, MutableBits(dx)));
+    ASSERT_TRUE(
+        cuda_emu::RmsNormRowsBackward(37, static_cast<int>(D), Bits(x), Bits(w), Bits(dy), 1e-6f, MutableBits(dx)));
     at::Tensor x64 = x.to(at::kDouble).requires_grad_(true), w64 = w.to(at::kDouble);
     at::Tensor y64 = w64 * x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-6);
     at::Tensor dx64 = Grads(y64, dy, {x64})[0];
@@ -290,7 +292,8 @@ TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
   at::Tensor g = (at::randn({2, 333, 96}, at::kDouble) * 3).to(at::kBFloat16);
   at::Tensor u = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
   at::Tensor dy = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
-  at::Tensor y = at::full_like(g, std::nan("")), dg = at::full_like(g, std::nan("")), du = at::full_like(g, std::nan(""));
+  at::Tensor y = at::full_like(g, std::nan("")), dg = at::full_like(g, std::nan("")),
+             du = at::full_like(g, std::nan(""));
   ASSERT_TRUE(cuda_emu::SwiGlu(g.numel(), Bits(g), Bits(u), MutableBits(y)));
   ASSERT_TRUE(cuda_emu::SwiGluBackward(g.numel(), Bits(g), Bits(u), Bits(dy), MutableBits(dg), MutableBits(du)));
   at::Tensor g64 = g.to(at::kDouble).requires_grad_(true), u64 = u.to(at::kDouble).requires_grad_(true);

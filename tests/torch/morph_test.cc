@@ -172,18 +172,20 @@ TEST_F(MorphTest, CalibrationReducesEveryLayersAlignmentError) {
   plan.learning_rate = 3e-3;
   at::Tensor eval = Ids(64, 99);
   NullProgressSink sink;
-  auto r = CalibrateBranches(*teacher_, branches, plan, [&](int64_t step) -> absl::StatusOr<at::Tensor> {
-    at::manual_seed(step);
-    return at::randint(0, teacher_->config().vocab_size, {2, 64}, at::kLong);
-  }, eval, dir, sink);
+  auto r = CalibrateBranches(
+      *teacher_, branches, plan,
+      [&](int64_t step) -> absl::StatusOr<at::Tensor> {
+        at::manual_seed(step);
+        return at::randint(0, teacher_->config().vocab_size, {2, 64}, at::kLong);
+      },
+      eval, dir, sink);
   ASSERT_TRUE(r.ok()) << r.status();
-  for (size_t l = 0; l < r->error_after.size(); ++l)
-    EXPECT_LT(r->error_after[l], r->error_before[l]) << "layer " << l;
+  for (size_t l = 0; l < r->error_after.size(); ++l) EXPECT_LT(r->error_after[l], r->error_before[l]) << "layer " << l;
   // The finished stage reloads from its checkpoint instead of training again.
   auto fresh = Branches(BranchKind::kGla);
-  auto again = CalibrateBranches(*teacher_, fresh, plan, [](int64_t) -> absl::StatusOr<at::Tensor> {
-    return absl::InternalError("must not be called");
-  }, eval, dir, sink);
+  auto again = CalibrateBranches(
+      *teacher_, fresh, plan,
+      [](int64_t) -> absl::StatusOr<at::Tensor> { return absl::InternalError("must not be called"); }, eval, dir, sink);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->error_after, r->error_after);
   EXPECT_LT(testing::MaxAbsDiff(fresh[5].Forward(teacher_->Embed(eval)), branches[5].Forward(teacher_->Embed(eval))),

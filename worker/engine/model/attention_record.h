@@ -1,7 +1,7 @@
 // Softmax attention kept from a no-grad forward pass for the recomputation of a checkpointed backward
-// (MorphableModel::ForwardBackward; docs/ENGINE.md §7): where cuDNN's fused causal attention runs, RecordAttention
-// computes it and keeps its output and log-sum-exp; ReplayAttention then returns that output under autograd
-// without running attention again, and its backward runs cuDNN's attention backward on it. The replayed inputs
+// (MorphableModel::ForwardBackward; docs/ENGINE.md §4, "Gates"): where cuDNN's fused causal attention runs,
+// RecordAttention computes it and keeps its output and log-sum-exp; ReplayAttention then returns that output under
+// autograd without running attention again, and its backward runs cuDNN's attention backward on it. The replayed inputs
 // must equal the recorded ones (the recomputation forms them with the same ops). Memory: one [B, T, H, D] output
 // and one [B, H, T] fp32 log-sum-exp per recorded layer, within a budget (SetAttentionRecordBudget).
 #pragma once

@@ -57,13 +57,9 @@ at::ScalarType Decoder::dtype() const { return weights_.embed_tokens.scalar_type
 at::Device Decoder::device() const { return weights_.embed_tokens.device(); }
 at::Device Decoder::LayerDevice(int64_t layer) const { return weights_.layers[layer].input_norm.device(); }
 
-at::Tensor Decoder::Embed(const at::Tensor& input_ids) const {
-  return at::embedding(weights_.embed_tokens, input_ids);
-}
+at::Tensor Decoder::Embed(const at::Tensor& input_ids) const { return at::embedding(weights_.embed_tokens, input_ids); }
 
-RopeTables Decoder::Rope(int64_t start, int64_t length) const {
-  return MakeRopeTables(rope_, start, length, dtype());
-}
+RopeTables Decoder::Rope(int64_t start, int64_t length) const { return MakeRopeTables(rope_, start, length, dtype()); }
 
 at::Tensor Decoder::InputNorm(int64_t layer, const at::Tensor& x) const {
   return kernels::RmsNorm(x, weights_.layers[layer].input_norm, config_.rms_norm_eps);
@@ -86,8 +82,7 @@ at::Tensor Decoder::AttentionOutProj(int64_t layer, const at::Tensor& heads) con
 at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
                                    int64_t window_override, AttentionRecord* record) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
-  const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads,
-                hd = config_.head_dim;
+  const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads, hd = config_.head_dim;
   at::Tensor q = Linear(x, w.q_proj, w.q_bias).view({B, T, H, hd});
   at::Tensor k = Linear(x, w.k_proj, w.k_bias).view({B, T, Hkv, hd});
   at::Tensor v = Linear(x, w.v_proj, w.v_bias).view({B, T, Hkv, hd});
@@ -178,8 +173,8 @@ absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, cons
     at::Tensor ids = input_ids.to(device());
     int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= config_.vocab_size)
-      return absl::InvalidArgumentError(StrCat("Forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ",
-                                               config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          StrCat("Forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
     if (opt.cache && opt.cache->length > 0 && !opt.cache->k.empty() && opt.cache->k[0].defined() &&
         opt.cache->k[0].size(0) != ids.size(0))
       return absl::InvalidArgumentError("Forward: batch size differs from the KV cache's");

@@ -21,8 +21,8 @@ namespace fm {
 struct LayerMix {
   enum class Mode { kFull, kLinear, kSlidingWindow, kGated };
   Mode mode = Mode::kFull;
-  at::Tensor gates;         // kGated: [H] values in [0,1] (may require grad)
-  int64_t window = 0;       // kSlidingWindow: softmax attention over the last `window` tokens
+  at::Tensor gates;    // kGated: [H] values in [0,1] (may require grad)
+  int64_t window = 0;  // kSlidingWindow: softmax attention over the last `window` tokens
 };
 
 // Decoding caches of a hybrid (MorphableModel::ForwardCached): the softmax heads' keys/values (kFull,
