@@ -426,7 +426,10 @@ def test_against_reference():
                 got = model(ids[None], use_cache=False).logits[0]
             want = ref_logits(path, ids)
             diff = max_diff(got, want)
-            check(diff <= 1e-6, f"(2) {family}/{kind} logits vs float64 reference: max |diff| {diff:.3g} > 1e-6")
+            # float32 against float64: a few ulps of the largest logit (the BLAS's summation order differs between
+            # processors; 1.01e-6 at max |logit| 3.34 was seen on a 2-core AMD EPYC machine).
+            tol = 1e-6 * max(1.0, want.abs().max().item())
+            check(diff <= tol, f"(2) {family}/{kind} logits vs float64 reference: max |diff| {diff:.3g} > {tol:.3g}")
             print(f"(2) {family}/{kind}: logits vs float64 reference max |diff| = {diff:.2e} "
                   f"(max |logit| {want.abs().max().item():.2f})")
 
