@@ -39,18 +39,32 @@ at::Tensor PadDim(const at::Tensor& x, int64_t dim, int64_t size) {
   return at::constant_pad_nd(x, pad, 0);
 }
 
-// Inputs of one call in the kernels' shapes: [B*H, Tp, Dkp] etc., contiguous, bf16 (g, beta fp32).
+// Inputs of one call in the kernels' shapes: [B*H, Tp, Dkp] etc., contiguous, bf16 (g, beta fp32). With
+// `v_strided`, v is the caller's tensor as it is ([B, H, T, Dv], e.g. the transposed view of a [B, T, H, Dv]
+// projection) and v_rows its layout: the segmented kernels read it in place (and write dv the same way).
 struct Padded {
   int64_t B = 0, H = 0, T = 0, Dk = 0, Dv = 0, Tp = 0, Dkp = 0, Dvp = 0;
   bool per_channel = false;
   at::Tensor q, k, v, g, beta, state;
+  bool v_strided = false;
+  kc::RowsLayout v_rows;
   kc::ChunkProblem Problem() const {
     return {static_cast<int>(B * H), static_cast<int>(Tp), static_cast<int>(Dkp), static_cast<int>(Dvp), per_channel};
   }
 };
 
+bool Aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// v can be read in place: bf16, nothing to pad, rows of unit stride starting on 16-byte boundaries, and a dense
+// layout (so that a gradient of the same strides covers it exactly).
+bool VInPlace(const at::Tensor& v, int64_t T, int64_t Dv) {
+  return v.scalar_type() == at::kBFloat16 && T % kc::kChunkScalarDecay == 0 && PaddedHead(Dv) == Dv &&
+         v.stride(3) == 1 && v.stride(0) % 8 == 0 && v.stride(1) % 8 == 0 && v.stride(2) % 8 == 0 && Aligned16(v) &&
+         v.is_non_overlapping_and_dense();
+}
+
 Padded Pad(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor* beta,
-           const at::Tensor& state) {
+           const at::Tensor& state, bool allow_strided_v = false) {
   Padded p;
   p.B = q.size(0), p.H = q.size(1), p.T = q.size(2), p.Dk = q.size(3), p.Dv = v.size(3);
   p.per_channel = g.dim() == 4;
@@ -62,7 +76,13 @@ Padded Pad(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
   };
   p.q = rows(q, p.Dk, p.Dkp);
   p.k = rows(k, p.Dk, p.Dkp);
-  p.v = rows(v, p.Dv, p.Dvp);
+  if (allow_strided_v && !p.per_channel && VInPlace(v, p.T, p.Dv)) {
+    p.v = v;
+    p.v_strided = true;
+    p.v_rows = {static_cast<int>(p.H), v.stride(0), v.stride(1), v.stride(2)};
+  } else {
+    p.v = rows(v, p.Dv, p.Dvp);
+  }
   at::Tensor gf = g.to(at::kFloat);
   if (p.per_channel) {
     p.g = PadDim(PadDim(gf, 3, p.Dkp), 2, p.Tp).contiguous().view({p.B * p.H, p.Tp, p.Dkp});
@@ -192,7 +212,8 @@ GlaForwardOut GlaForward(const Padded& p) {
     r.seg_entry = SegmentStates(p, prob, r.segment_chunks);
     Check(kc::LaunchGlaSegmentForward(prob, r.segment_chunks, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CF(p.state),
                                       workspace.data_ptr<float>(), r.seg_entry.data_ptr<float>(), Bf(r.out),
-                                      /*chunk_states=*/nullptr, r.final_state.data_ptr<float>(), Stream()),
+                                      /*chunk_states=*/nullptr, r.final_state.data_ptr<float>(), Stream(),
+                                      p.v_strided ? &p.v_rows : nullptr),
           "GlaSegmentForward");
     return r;
   }
@@ -230,7 +251,8 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
                                const at::Tensor& g, const at::Tensor& initial_state) {
     const c10::cuda::CUDAGuard guard(q.device());
     ctx->set_materialize_grads(false);
-    const Padded p = Pad(q, k, v, g, nullptr, StateOrUndefined(initial_state));
+    const bool segments = g.dim() == 3 && SegmentedGla() && !SequentialStateScan();
+    const Padded p = Pad(q, k, v, g, nullptr, StateOrUndefined(initial_state), /*allow_strided_v=*/segments);
     // When a backward will follow, keep what the forward found so that the backward need not pass over the chunks
     // again: the segments' entering states (fp32, 1/segment_chunks of the chunk states' count) or the chunk states
     // (bf16, [B*H, N, Dk, Dv]: twice q's size at D = 128), and the padded final state.
@@ -251,7 +273,8 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &g = saved[3];
     const at::Tensor initial_state = StateOrUndefined(saved[4]);
     const c10::cuda::CUDAGuard guard(q.device());
-    const Padded p = Pad(q, k, v, g, nullptr, initial_state);
+    const int ns = static_cast<int>(ctx->saved_data["segment_chunks"].toInt());
+    const Padded p = Pad(q, k, v, g, nullptr, initial_state, /*allow_strided_v=*/ns > 0);
     const kc::ChunkProblem prob = p.Problem();
     at::Tensor grad_out = grads[0], grad_final = grads[1];
     if (!grad_out.defined()) grad_out = at::zeros({p.B, p.H, p.T, p.Dv}, q.options());
@@ -261,10 +284,12 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
 
     at::Tensor dgamma = at::empty(p.g.sizes(), p.g.options());
     at::Tensor states = saved[5], final_state = saved[6];
-    at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k), dv = at::empty_like(p.v);
+    // dv in v's own layout when the kernels read v in place (its strides: no transposing copy either way).
+    at::Tensor dq = at::empty_like(p.q), dk = at::empty_like(p.k);
+    at::Tensor dv = p.v_strided ? at::empty_strided(p.v.sizes(), p.v.strides(), p.v.options()) : at::empty_like(p.v);
     at::Tensor dinitial = at::empty({p.B, p.H, p.Dkp, p.Dvp}, p.q.options().dtype(at::kFloat));
     at::Tensor chunk_sums;
-    if (const int ns = static_cast<int>(ctx->saved_data["segment_chunks"].toInt()); ns > 0) {
+    if (ns > 0) {
       // Segmented: the reverse summaries give each segment's leaving-state gradient; a forward walk forms dq and a
       // reverse walk dk, dv, all from the forward's segment entering states.
       if (states.numel() == 0) {
@@ -273,11 +298,11 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
         states = f.seg_entry, final_state = f.final_state;
       }
       at::Tensor workspace = SegmentWorkspace(p, prob, ns), dh_entry = SegmentStates(p, prob, ns);
-      Check(
-          kc::LaunchGlaSegmentBackward(prob, ns, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CF(states),
-                                       CF(dfinal), workspace.data_ptr<float>(), dh_entry.data_ptr<float>(), Bf(dq),
-                                       Bf(dk), Bf(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>(), Stream()),
-          "GlaSegmentBackward");
+      Check(kc::LaunchGlaSegmentBackward(prob, ns, CBf(p.q), CBf(p.k), CBf(p.v), CF(p.g), CBf(dout), CF(states),
+                                         CF(dfinal), workspace.data_ptr<float>(), dh_entry.data_ptr<float>(), Bf(dq),
+                                         Bf(dk), Bf(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>(), Stream(),
+                                         p.v_strided ? &p.v_rows : nullptr, p.v_strided ? &p.v_rows : nullptr),
+            "GlaSegmentBackward");
     } else {
       GlaGradTwoPhase(p, prob, dout, dfinal, states, final_state, dq, dk, dv, dgamma, chunk_sums, dinitial);
     }
@@ -292,7 +317,7 @@ class GlaFunction : public torch::autograd::Function<GlaFunction> {
       dinit = UnpadState(dinitial, p).to(initial_state.scalar_type());
     }
     return {Unpad(dq, p, p.Dk, q.scalar_type()), Unpad(dk, p, p.Dk, k.scalar_type()),
-            Unpad(dv, p, p.Dv, v.scalar_type()), dg, dinit};
+            p.v_strided ? dv : Unpad(dv, p, p.Dv, v.scalar_type()), dg, dinit};
   }
 
  private:

@@ -17,6 +17,8 @@
 // Forward walks: rows a = k (scaled by exp(gamma - G_t) in the update), b = v. Reverse walks: a = q (scaled by
 // exp(G_t)), b = do, chunks and segments last to first; there the "state" is the gradient of the state leaving
 // the current chunk.
+#include <initializer_list>
+
 #include "kernels/cuda/linear_attention_launch.h"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/smem.cuh"
@@ -230,10 +232,16 @@ __device__ __forceinline__ void RowDots(float* red, float sign, const bf16* tile
   }
 }
 
+__device__ __forceinline__ int64_t RowOffset(const RowsLayout& l, int bh, int64_t t) {
+  return static_cast<int64_t>(bh / l.H) * l.stride_b + static_cast<int64_t>(bh % l.H) * l.stride_h + t * l.stride_t;
+}
+
 // Pointers of one walk (unused ones null). Row tiles per mode: a, b as above; kOutput: q; kGradQ: do, q;
-// kGradKV: k, v.
+// kGradKV: k, v; each with its layout.
 struct WalkArgs {
   const bf16* rows[4];
+  RowsLayout layout[4];
+  RowsLayout out1_layout;  // dv's
   const float* g;
   const float* seg_entry;  // [BH, nseg, DK, DV] fp32 (not kSummary)
   float* seg_sum;          // kSummary: [BH, nseg, DK, DV]
@@ -296,8 +304,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       const int cols = kTileCols[t];
-      AsyncCopyRows(st.t[t], L::template Ld<kMode>(t), args.rows[t] + (static_cast<int64_t>(bh) * T + t0) * cols, cols,
-                    kC, cols);
+      AsyncCopyRows(st.t[t], L::template Ld<kMode>(t), args.rows[t] + RowOffset(args.layout[t], bh, t0),
+                    args.layout[t].stride_t, kC, cols);
     }
     AsyncCopyRowsF32(st.g, kC, g_base + t0, kC, 1, kC);
   };
@@ -381,7 +389,8 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
         RowProduct<NT, DK, false>(dv, ak, Sb, L::LDV, 0, lane);
         ScaleRows(dv, f1, f2);
         StepProduct<NT, true>(dv, at, dO, L::LDV, 0, mt, lane);
-        StoreRows(args.out1 + row0 * DV, DV, dv, r1, 0, lane);
+        StoreRows(args.out1 + RowOffset(args.out1_layout, bh, static_cast<int64_t>(n) * kC), args.out1_layout.stride_t,
+                  dv, r1, 0, lane);
       } else {
         constexpr int NT = DK / 8;
         uint32_t av[DV / 16][4];
@@ -454,11 +463,15 @@ cudaError_t Walk(const ChunkProblem& p, int nseg, const WalkArgs& args, cudaStre
 
 int Segments(const ChunkProblem& p, int NS) { return (p.T / kC + NS - 1) / NS; }
 
-WalkArgs Base(const ChunkProblem& p, int NS, const float* g) {
+// Tile t holds rows of cols[t] elements, contiguous unless a layout is set afterwards.
+WalkArgs Base(const ChunkProblem& p, int NS, const float* g, std::initializer_list<int> cols) {
   WalkArgs w{};
   w.g = g;
   w.T = p.T;
   w.NS = NS;
+  int t = 0;
+  for (int c : cols) w.layout[t++] = ContiguousRows(p.T, c);
+  w.out1_layout = ContiguousRows(p.T, p.DV);
   return w;
 }
 
@@ -468,9 +481,10 @@ WalkArgs Base(const ChunkProblem& p, int NS, const float* g) {
 template <int DK, int DV, bool kReverse>
 cudaError_t Entries(const ChunkProblem& p, int NS, const bf16* a, const bf16* b, const float* g,
                     const float* initial_state, float* workspace, float* seg_entry, float* final_state,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, const RowsLayout* b_rows = nullptr) {
   const int nseg = Segments(p, NS);
-  WalkArgs w = Base(p, NS, g);
+  WalkArgs w = Base(p, NS, g, {DK, DV});
+  if (b_rows) w.layout[1] = *b_rows;
   w.rows[0] = a, w.rows[1] = b;
   w.seg_sum = workspace;
   w.seg_gamma = workspace + static_cast<int64_t>(p.BH) * nseg * DK * DV;
@@ -485,7 +499,7 @@ cudaError_t StatePass(const ChunkProblem& p, int NS, const bf16* a, const bf16* 
                       float* workspace, float* seg_entry, bf16* chunk_states, float* s_out, cudaStream_t stream) {
   cudaError_t err = Entries<DK, DV, kReverse>(p, NS, a, b, g, s_in, workspace, seg_entry, s_out, stream);
   if (err != cudaSuccess) return err;
-  WalkArgs w = Base(p, NS, g);
+  WalkArgs w = Base(p, NS, g, {DK, DV});
   w.rows[0] = a, w.rows[1] = b;
   w.seg_entry = seg_entry;
   w.chunk_states = chunk_states;
@@ -508,10 +522,11 @@ cudaError_t StatePassReverse(const ChunkProblem& p, int NS, const bf16* a, const
 template <int DK, int DV>
 cudaError_t Forward(const ChunkProblem& p, int NS, const bf16* q, const bf16* k, const bf16* v, const float* g,
                     const float* s_in, float* workspace, float* seg_entry, bf16* out, bf16* chunk_states,
-                    float* final_state, cudaStream_t stream) {
-  cudaError_t err = Entries<DK, DV, false>(p, NS, k, v, g, s_in, workspace, seg_entry, final_state, stream);
+                    float* final_state, cudaStream_t stream, const RowsLayout* v_rows) {
+  cudaError_t err = Entries<DK, DV, false>(p, NS, k, v, g, s_in, workspace, seg_entry, final_state, stream, v_rows);
   if (err != cudaSuccess) return err;
-  WalkArgs w = Base(p, NS, g);
+  WalkArgs w = Base(p, NS, g, {DK, DV, DK});
+  if (v_rows) w.layout[1] = *v_rows;
   w.rows[0] = k, w.rows[1] = v, w.rows[2] = q;
   w.seg_entry = seg_entry;
   w.chunk_states = chunk_states;
@@ -522,18 +537,22 @@ cudaError_t Forward(const ChunkProblem& p, int NS, const bf16* q, const bf16* k,
 template <int DK, int DV>
 cudaError_t Backward(const ChunkProblem& p, int NS, const bf16* q, const bf16* k, const bf16* v, const float* g,
                      const bf16* dout, const float* seg_entry, const float* dfinal, float* workspace, float* dh_entry,
-                     bf16* dq, bf16* dk, bf16* dv, float* dgamma, float* dinitial, cudaStream_t stream) {
+                     bf16* dq, bf16* dk, bf16* dv, float* dgamma, float* dinitial, cudaStream_t stream,
+                     const RowsLayout* v_rows, const RowsLayout* dv_rows) {
   cudaError_t err = Entries<DK, DV, true>(p, NS, q, dout, g, dfinal, workspace, dh_entry, dinitial, stream);
   if (err != cudaSuccess) return err;
   const int nseg = Segments(p, NS);
-  WalkArgs w = Base(p, NS, g);
+  WalkArgs w = Base(p, NS, g, {DK, DV, DV, DK});
+  if (v_rows) w.layout[1] = *v_rows;
   w.rows[0] = k, w.rows[1] = v, w.rows[2] = dout, w.rows[3] = q;
   w.seg_entry = seg_entry;
   w.out0 = dq;
   w.dgamma = dgamma;
   err = Walk<DK, DV, SegMode::kGradQ, false>(p, nseg, w, stream);
   if (err != cudaSuccess) return err;
-  w = Base(p, NS, g);
+  w = Base(p, NS, g, {DK, DV, DK, DV});
+  if (v_rows) w.layout[3] = *v_rows;
+  if (dv_rows) w.out1_layout = *dv_rows;
   w.rows[0] = q, w.rows[1] = dout, w.rows[2] = k, w.rows[3] = v;
   w.seg_entry = dh_entry;
   w.out0 = dk;
@@ -577,23 +596,24 @@ cudaError_t LaunchGlaSegmentStatePass(const ChunkProblem& p, int segment_chunks,
 cudaError_t LaunchGlaSegmentForward(const ChunkProblem& p, int segment_chunks, const bf16* q, const bf16* k,
                                     const bf16* v, const float* g, const float* initial_state, float* workspace,
                                     float* seg_entry, bf16* out, bf16* chunk_states, float* final_state,
-                                    cudaStream_t stream) {
+                                    cudaStream_t stream, const RowsLayout* v_rows) {
   if (!Supported(p, segment_chunks) || !workspace || !seg_entry || !out) return cudaErrorInvalidValue;
   if (p.BH == 0 || p.T == 0) return cudaSuccess;
   return FM_SEG_DISPATCH(Forward, p, segment_chunks, q, k, v, g, initial_state, workspace, seg_entry, out, chunk_states,
-                         final_state, stream);
+                         final_state, stream, v_rows);
 }
 
 cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, const bf16* q, const bf16* k,
                                      const bf16* v, const float* g, const bf16* dout, const float* seg_entry,
                                      const float* dfinal, float* workspace, float* dh_entry, bf16* dq, bf16* dk,
-                                     bf16* dv, float* dgamma, float* dinitial, cudaStream_t stream) {
+                                     bf16* dv, float* dgamma, float* dinitial, cudaStream_t stream,
+                                     const RowsLayout* v_rows, const RowsLayout* dv_rows) {
   if (!Supported(p, segment_chunks) || !workspace || !seg_entry || !dh_entry || !dq || !dk || !dv || !dgamma ||
       !dinitial)
     return cudaErrorInvalidValue;
   if (p.BH == 0 || p.T == 0) return cudaSuccess;
   return FM_SEG_DISPATCH(Backward, p, segment_chunks, q, k, v, g, dout, seg_entry, dfinal, workspace, dh_entry, dq, dk,
-                         dv, dgamma, dinitial, stream);
+                         dv, dgamma, dinitial, stream, v_rows, dv_rows);
 }
 
 #undef FM_SEG_DISPATCH

@@ -26,6 +26,16 @@ struct ChunkProblem {
   bool per_channel = false;  // g is [BH, T, DK]
 };
 
+// Where row t of batch*head bh starts in a tensor of [.., T, D] rows, in elements:
+// (bh / H) * stride_b + (bh % H) * stride_h + t * stride_t. Contiguous [BH, T, D] rows: H = 1, stride_b = T * D,
+// stride_t = D; a [B, T, H, D] tensor: H = H, stride_b = T * H * D, stride_h = D, stride_t = H * D. Rows must start
+// on 16-byte boundaries (strides multiples of 8 bf16 elements).
+struct RowsLayout {
+  int H = 1;
+  int64_t stride_b = 0, stride_h = 0, stride_t = 0;
+};
+inline RowsLayout ContiguousRows(int T, int D) { return {1, static_cast<int64_t>(T) * D, 0, D}; }
+
 // Sequential pass over chunks. Forward (reverse = false): rows_a = k, rows_b = v; writes the state entering every
 // chunk to chunk_states and the state after the last chunk to final_state; initial_state may be null (zeros).
 // Backward (reverse = true): rows_a = q, rows_b = do; walks the chunks last to first and writes, for every chunk,
@@ -51,6 +61,7 @@ cudaError_t LaunchGlaStatePass(const ChunkProblem& p, bool reverse, const __nv_b
 // LaunchGlaSegmentStatePass: the contract of LaunchGlaStatePass (chunk_states required; seg_states scratch).
 // LaunchGlaSegmentForward: the whole forward: out (bf16 [BH, T, DV]), final_state, the segments' entering states
 // (seg_entry, what the backward needs) and, when chunk_states is not null, the states entering each chunk.
+// v_rows (may be null: contiguous) is v's layout; in the backward also dv's (dv_rows, may be null).
 // LaunchGlaSegmentBackward: from the forward's seg_entry and do (and the final state's gradient dfinal, may be
 // null): dq, dk, dv (bf16), dgamma [BH, T] = q.dq - k.dk per step (as LaunchGlaGrad's scalar case) and dinitial
 // (the initial state's gradient, fp32 [BH, DK, DV]); dh_entry is scratch.
@@ -63,12 +74,14 @@ cudaError_t LaunchGlaSegmentStatePass(const ChunkProblem& p, int segment_chunks,
 cudaError_t LaunchGlaSegmentForward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
                                     const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
                                     const float* initial_state, float* workspace, float* seg_entry, __nv_bfloat16* out,
-                                    __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream);
+                                    __nv_bfloat16* chunk_states, float* final_state, cudaStream_t stream,
+                                    const RowsLayout* v_rows = nullptr);
 cudaError_t LaunchGlaSegmentBackward(const ChunkProblem& p, int segment_chunks, const __nv_bfloat16* q,
                                      const __nv_bfloat16* k, const __nv_bfloat16* v, const float* g,
                                      const __nv_bfloat16* dout, const float* seg_entry, const float* dfinal,
                                      float* workspace, float* dh_entry, __nv_bfloat16* dq, __nv_bfloat16* dk,
-                                     __nv_bfloat16* dv, float* dgamma, float* dinitial, cudaStream_t stream);
+                                     __nv_bfloat16* dv, float* dgamma, float* dinitial, cudaStream_t stream,
+                                     const RowsLayout* v_rows = nullptr, const RowsLayout* dv_rows = nullptr);
 
 // o = intra-chunk attention + q decayed against the state entering the chunk. Scalar or per-channel decay.
 cudaError_t LaunchGlaOutput(const ChunkProblem& p, const __nv_bfloat16* q, const __nv_bfloat16* k,

@@ -25,12 +25,13 @@ struct Case {
   int64_t B, H, T, Dk, Dv;
   int segment_chunks;
   bool strong;
+  bool v_bthd = false;  // v read from, dv written to [B, T, H, Dv] (the branch's projection layout)
 };
 
 std::string Name(const Case& c, uint64_t seed) {
   return "seed " + std::to_string(seed) + " B" + std::to_string(c.B) + " H" + std::to_string(c.H) + " T" +
          std::to_string(c.T) + " Dk" + std::to_string(c.Dk) + " Dv" + std::to_string(c.Dv) + " ns" +
-         std::to_string(c.segment_chunks) + (c.strong ? " strong" : "");
+         std::to_string(c.segment_chunks) + (c.strong ? " strong" : "") + (c.v_bthd ? " v[B,T,H,D]" : "");
 }
 
 uint64_t FreshSeed() {
@@ -85,10 +86,14 @@ void CheckForwardAndBackward(const Case& c) {
   at::Tensor out = at::full({BH, c.T, c.Dv}, std::nan(""), at::kBFloat16);
   at::Tensor final_state = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
   std::vector<float> seg_entry;
+  // v (and dv) in the [B, T, H, Dv] layout the branch's projection produces, when the case asks for it.
+  at::Tensor v = c.v_bthd ? in.v.reshape({c.B, c.H, c.T, c.Dv}).transpose(1, 2).contiguous() : in.v;
+  const cuda_emu::RowsSpec bthd{static_cast<int>(c.H), c.T * c.H * c.Dv, c.Dv, c.H * c.Dv};
+  const cuda_emu::RowsSpec* v_rows = c.v_bthd ? &bthd : nullptr;
   const int64_t before = cuda_emu::CollectiveCount();
-  ASSERT_TRUE(cuda_emu::GlaSegmentForward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v),
+  ASSERT_TRUE(cuda_emu::GlaSegmentForward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(v),
                                           in.g.data_ptr<float>(), in.s0.data_ptr<float>(), Bits(out),
-                                          final_state.data_ptr<float>(), &seg_entry));
+                                          final_state.data_ptr<float>(), &seg_entry, v_rows));
   EXPECT_GT(cuda_emu::CollectiveCount(), before) << "the emulation ran no warp collectives";
 
   std::vector<at::Tensor> leaves = {in.q64.clone().requires_grad_(), in.k64.clone().requires_grad_(),
@@ -109,18 +114,20 @@ void CheckForwardAndBackward(const Case& c) {
    (ref.final_state * dfinal.to(at::kDouble).reshape({c.B, c.H, c.Dk, c.Dv})).sum())
       .backward();
   at::Tensor dq = at::full({BH, c.T, c.Dk}, std::nan(""), at::kBFloat16), dk = at::full_like(dq, std::nan(""));
-  at::Tensor dv = at::full({BH, c.T, c.Dv}, std::nan(""), at::kBFloat16);
+  at::Tensor dv = at::full(c.v_bthd ? std::vector<int64_t>{c.B, c.T, c.H, c.Dv} : std::vector<int64_t>{BH, c.T, c.Dv},
+                           std::nan(""), at::kBFloat16);
   at::Tensor dgamma = at::full({BH, c.T}, std::nan(""), at::kFloat);
   at::Tensor dinitial = at::full({BH, c.Dk, c.Dv}, std::nan(""), at::kFloat);
-  ASSERT_TRUE(cuda_emu::GlaSegmentBackward(
-      Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(in.v), in.g.data_ptr<float>(), Bits(dout), seg_entry,
-      dfinal.data_ptr<float>(), Bits(dq), Bits(dk), Bits(dv), dgamma.data_ptr<float>(), dinitial.data_ptr<float>()));
+  ASSERT_TRUE(cuda_emu::GlaSegmentBackward(Shape(c), c.segment_chunks, Bits(in.q), Bits(in.k), Bits(v),
+                                           in.g.data_ptr<float>(), Bits(dout), seg_entry, dfinal.data_ptr<float>(),
+                                           Bits(dq), Bits(dk), Bits(dv), dgamma.data_ptr<float>(),
+                                           dinitial.data_ptr<float>(), v_rows, v_rows));
   // dg_t = sum over s >= t of (q.dq - k.dk)_s + <S_T, dS_T> (docs/KERNELS.md, "Backward of GLA").
   at::Tensor dg = dgamma.to(at::kDouble).flip(1).cumsum(1).flip(1) +
                   (final_state.to(at::kDouble) * dfinal.to(at::kDouble)).sum({1, 2}).unsqueeze(1);
   const std::vector<at::Tensor> got = {dq.reshape({c.B, c.H, c.T, c.Dk}), dk.reshape({c.B, c.H, c.T, c.Dk}),
-                                       dv.reshape({c.B, c.H, c.T, c.Dv}), dg.reshape({c.B, c.H, c.T}),
-                                       dinitial.reshape({c.B, c.H, c.Dk, c.Dv})};
+                                       c.v_bthd ? dv.transpose(1, 2) : dv.reshape({c.B, c.H, c.T, c.Dv}),
+                                       dg.reshape({c.B, c.H, c.T}), dinitial.reshape({c.B, c.H, c.Dk, c.Dv})};
   const char* names[] = {"dq", "dk", "dv", "dg", "ds0"};
   std::string line;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -169,11 +176,10 @@ void CheckStatePasses(const Case& c) {
 
 TEST(CudaEmulation, SegmentedLightningMatchesFloat64) {
   // Head sizes 64 and 128 in every combination; segments of 1, 2, 3 chunks (ragged: 5 chunks in segments of 2 or 3).
-  const std::vector<Case> cases = {{1, 2, 320, 128, 128, 2, false},
-                                   {2, 1, 192, 64, 64, 1, false},
-                                   {1, 2, 320, 64, 128, 3, true},
-                                   {1, 1, 256, 128, 64, 4, false},
-                                   {1, 1, 128, 64, 64, 8, true}};
+  const std::vector<Case> cases = {{1, 2, 320, 128, 128, 2, false},    {2, 1, 192, 64, 64, 1, false},
+                                   {1, 2, 320, 64, 128, 3, true},      {1, 1, 256, 128, 64, 4, false},
+                                   {1, 1, 128, 64, 64, 8, true},       {2, 3, 192, 128, 64, 2, false, true},
+                                   {1, 2, 256, 64, 128, 3, true, true}};
   for (const Case& c : cases) CheckForwardAndBackward(c);
 }
 

@@ -67,12 +67,14 @@ struct GlaInputs {
   at::Tensor q, k, v, g, s0;
 };
 
-// q pre-scaled by Dk^-1/2; decays log-sigmoid shaped (strong = up to ~-5 per step).
-GlaInputs MakeGla(const Shape& s, bool per_channel, bool strong) {
+// q pre-scaled by Dk^-1/2; decays log-sigmoid shaped (strong = up to ~-5 per step). With v_bthd, v is the [B, H, T, D]
+// view of a [B, T, H, D] tensor, as the branches pass it (the segmented kernels read it in place).
+GlaInputs MakeGla(const Shape& s, bool per_channel, bool strong, bool v_bthd = false) {
   GlaInputs in;
   in.q = Cuda(at::randn({s.B, s.H, s.T, s.Dk}) / std::sqrt(static_cast<double>(s.Dk))).to(at::kBFloat16);
   in.k = Cuda(at::randn({s.B, s.H, s.T, s.Dk})).to(at::kBFloat16);
-  in.v = Cuda(at::randn({s.B, s.H, s.T, s.Dv})).to(at::kBFloat16);
+  in.v = v_bthd ? Cuda(at::randn({s.B, s.T, s.H, s.Dv})).to(at::kBFloat16).transpose(1, 2)
+                : Cuda(at::randn({s.B, s.H, s.T, s.Dv})).to(at::kBFloat16);
   std::vector<int64_t> gshape = {s.B, s.H, s.T};
   if (per_channel) gshape.push_back(s.Dk);
   at::Tensor raw = at::randn(gshape) + (strong ? -2.0 : 3.0);
@@ -84,16 +86,17 @@ GlaInputs MakeGla(const Shape& s, bool per_channel, bool strong) {
 constexpr double kFwdTol = 2e-2;  // relative L2: bf16 operands, fp32 accumulation and state
 constexpr double kBwdTol = 4e-2;
 
-void CheckGlaForward(const Shape& s, bool per_channel, bool strong) {
+void CheckGlaForward(const Shape& s, bool per_channel, bool strong, bool v_bthd = false) {
   const uint64_t seed = FreshSeed();
-  GlaInputs in = MakeGla(s, per_channel, strong);
+  GlaInputs in = MakeGla(s, per_channel, strong, v_bthd);
   PoisonAllocator(s.B * s.H * (s.T + 64) * std::max(s.Dk, s.Dv) * 8);
   LinearAttentionResult got = kernels::GatedLinearAttentionCuda(in.q, in.k, in.v, in.g, in.s0);
   LinearAttentionResult want =
       kernels::GatedLinearAttentionChunkedReference(F64(in.q), F64(in.k), F64(in.v), F64(in.g), F64(in.s0));
   const std::string where = "seed " + std::to_string(seed) + " B" + std::to_string(s.B) + " H" + std::to_string(s.H) +
                             " T" + std::to_string(s.T) + " Dk" + std::to_string(s.Dk) + " Dv" + std::to_string(s.Dv) +
-                            (per_channel ? " per-channel" : " scalar") + (strong ? " strong" : "");
+                            (per_channel ? " per-channel" : " scalar") + (strong ? " strong" : "") +
+                            (v_bthd ? " v[B,T,H,D]" : "");
   ASSERT_EQ(got.output.sizes(), want.output.sizes()) << where;
   ASSERT_EQ(got.output.scalar_type(), at::kBFloat16) << where;
   ASSERT_EQ(got.final_state.scalar_type(), at::kFloat) << where;
@@ -115,9 +118,9 @@ TEST(LinearAttentionCuda, GlaForwardMatchesFloat64) {
 }
 
 // Gradients of sum(o * do) + sum(S_T * dS) for q, k, v, g and the initial state, against float64 autograd.
-void CheckGlaBackward(const Shape& s, bool per_channel) {
+void CheckGlaBackward(const Shape& s, bool per_channel, bool v_bthd = false) {
   const uint64_t seed = FreshSeed();
-  GlaInputs in = MakeGla(s, per_channel, false);
+  GlaInputs in = MakeGla(s, per_channel, false, v_bthd);
   at::Tensor dout = Cuda(at::randn({s.B, s.H, s.T, s.Dv})).to(at::kBFloat16);
   at::Tensor dstate = Cuda(at::randn({s.B, s.H, s.Dk, s.Dv}) * 0.1);
   std::vector<at::Tensor> ours = {in.q.clone().requires_grad_(), in.k.clone().requires_grad_(),
@@ -177,6 +180,9 @@ TEST(LinearAttentionCuda, SegmentLengthsAndTwoPhasePassMatchFloat64) {
     CheckGlaForward({3, 1, 700, 128, 64}, /*per_channel=*/false, /*strong=*/false);
     CheckGlaBackward({1, 2, 1000, 128, 64}, /*per_channel=*/false);
     CheckGlaBackward({2, 1, 777, 64, 64}, /*per_channel=*/false);
+    // v as the branches pass it (a [B, H, T, D] view of [B, T, H, D]): read in place, dv returned in that layout.
+    CheckGlaForward({2, 3, 512, 128, 128}, /*per_channel=*/false, /*strong=*/false, /*v_bthd=*/true);
+    CheckGlaBackward({2, 3, 512, 128, 64}, /*per_channel=*/false, /*v_bthd=*/true);
     kernels::SetGlaSegmentChunks(before);
   }
   std::printf("[segments] off: two-phase pass\n");
