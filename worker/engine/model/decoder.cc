@@ -9,6 +9,7 @@
 #include "kernels/fused_ops.h"
 #include "kernels/rms_norm.h"
 #include "worker/engine/common/str_cat.h"
+#include "worker/engine/model/multi_linear.h"
 
 namespace fm {
 namespace {
@@ -79,13 +80,32 @@ at::Tensor Decoder::AttentionOutProj(int64_t layer, const at::Tensor& heads) con
   return Linear(heads, w.o_proj, w.o_bias);
 }
 
+std::vector<at::Tensor> Decoder::AttentionProjections(int64_t layer) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  return {w.q_proj, w.k_proj, w.v_proj};
+}
+
+std::vector<at::Tensor> Decoder::AttentionProjectionBiases(int64_t layer) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  return {w.q_bias, w.k_bias, w.v_bias};
+}
+
 at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
                                    int64_t window_override, AttentionRecord* record) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
-  const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads, hd = config_.head_dim;
-  at::Tensor q = Linear(x, w.q_proj, w.q_bias).view({B, T, H, hd});
-  at::Tensor k = Linear(x, w.k_proj, w.k_bias).view({B, T, Hkv, hd});
-  at::Tensor v = Linear(x, w.v_proj, w.v_bias).view({B, T, Hkv, hd});
+  return AttentionHeadsFrom(layer, Linear(x, w.q_proj, w.q_bias), Linear(x, w.k_proj, w.k_bias),
+                            Linear(x, w.v_proj, w.v_bias), rope, cache, window_override, record);
+}
+
+at::Tensor Decoder::AttentionHeadsFrom(int64_t layer, const at::Tensor& q_proj, const at::Tensor& k_proj,
+                                       const at::Tensor& v_proj, const RopeTables& rope, KvCache* cache,
+                                       int64_t window_override, AttentionRecord* record) const {
+  const DecoderLayerWeights& w = weights_.layers[layer];
+  const int64_t B = q_proj.size(0), T = q_proj.size(1), H = config_.num_heads, Hkv = config_.num_kv_heads,
+                hd = config_.head_dim;
+  at::Tensor q = q_proj.view({B, T, H, hd});
+  at::Tensor k = k_proj.view({B, T, Hkv, hd});
+  at::Tensor v = v_proj.view({B, T, Hkv, hd});
   // q/k norm (Qwen3) and the rotary embedding in one pass per tensor; [B, T, h, hd] -> [B, h, T, hd] views.
   kernels::HeadTransformSpec spec;
   spec.eps = config_.rms_norm_eps;
@@ -122,7 +142,7 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
     // One new token sees every cached key: no mask (a mask rules out the fused GQA kernels on CUDA).
     out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/false, scale, Hkv != H);
   } else {
-    at::Tensor mask = CausalMask(T, Tk, offset, window, x.device());
+    at::Tensor mask = CausalMask(T, Tk, offset, window, q_proj.device());
     out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, scale, Hkv != H);
   }
   return out.transpose(1, 2).reshape({B, T, H * hd});
@@ -130,7 +150,8 @@ at::Tensor Decoder::AttentionHeads(int64_t layer, const at::Tensor& x, const Rop
 
 std::pair<at::Tensor, at::Tensor> Decoder::MlpGateUp(int64_t layer, const at::Tensor& h) const {
   const DecoderLayerWeights& w = weights_.layers[layer];
-  return {Linear(h, w.gate_proj, w.gate_bias), Linear(h, w.up_proj, w.up_bias)};
+  std::vector<at::Tensor> y = MultiLinear(h, {w.gate_proj, w.up_proj}, {w.gate_bias, w.up_bias});
+  return {y[0], y[1]};
 }
 
 at::Tensor Decoder::MlpActivation(int64_t layer, const at::Tensor& h) const {

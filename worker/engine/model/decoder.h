@@ -77,6 +77,14 @@ class Decoder {
   // it, and replayed when the record holds it and gradients are on.
   at::Tensor AttentionHeads(int64_t layer, const at::Tensor& x_normed, const RopeTables& rope, KvCache* cache,
                             int64_t window_override = -1, AttentionRecord* record = nullptr) const;
+  // AttentionHeads from the layer's q, k, v projections of x_normed ([B, T, H*hd], [B, T, Hkv*hd] twice; e.g. from
+  // MultiLinear over AttentionProjections()).
+  at::Tensor AttentionHeadsFrom(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const RopeTables& rope, KvCache* cache, int64_t window_override = -1,
+                                AttentionRecord* record = nullptr) const;
+  // The q, k, v projection weights and biases (biases may be undefined).
+  std::vector<at::Tensor> AttentionProjections(int64_t layer) const;
+  std::vector<at::Tensor> AttentionProjectionBiases(int64_t layer) const;
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;

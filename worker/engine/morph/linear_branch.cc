@@ -65,8 +65,7 @@ LinearBranch LinearBranch::FromTeacher(const ModelConfig& config, const DecoderL
     const double depth = L > 1 ? 1.0 - static_cast<double>(layer) / (L - 1) + 1e-5 : 1.0 + 1e-5;
     std::vector<float> decay(H);
     for (int64_t h = 0; h < H; ++h)
-      decay[h] = static_cast<float>(-std::pow(2.0, -8.0 * static_cast<double>(h + 1) / static_cast<double>(H)) *
-                                    depth);
+      decay[h] = static_cast<float>(-std::pow(2.0, -8.0 * static_cast<double>(h + 1) / static_cast<double>(H)) * depth);
     b.lightning_decay_ = at::tensor(decay, f32);
   }
   if (settings.kind == BranchKind::kGla) {
@@ -93,13 +92,16 @@ LinearBranch LinearBranch::FromTeacher(const ModelConfig& config, const DecoderL
 
 std::vector<std::pair<std::string, at::Tensor*>> LinearBranch::NamedTensors() {
   std::vector<std::pair<std::string, at::Tensor*>> out = {
-      {"q_proj.weight", &q_proj_}, {"k_proj.weight", &k_proj_}, {"v_proj.weight", &v_proj_},
-      {"o_proj.weight", &o_proj_}, {"q_proj.bias", &q_bias_},   {"k_proj.bias", &k_bias_},
-      {"v_proj.bias", &v_bias_},   {"o_proj.bias", &o_bias_},   {"q_norm.weight", &q_norm_},
-      {"k_norm.weight", &k_norm_}, {"gk_proj.0.weight", &gk_proj0_}, {"gk_proj.1.weight", &gk_proj1_},
-      {"gk_proj.1.bias", &gk_bias_}, {"a_proj.weight", &a_proj_}, {"b_proj.weight", &b_proj_},
-      {"A_log", &a_log_},          {"dt_bias", &dt_bias_},     {"g_proj.weight", &g_proj_},
-      {"g_proj.bias", &g_bias_},   {"o_norm.weight", &o_norm_}};
+      {"q_proj.weight", &q_proj_},      {"k_proj.weight", &k_proj_},
+      {"v_proj.weight", &v_proj_},      {"o_proj.weight", &o_proj_},
+      {"q_proj.bias", &q_bias_},        {"k_proj.bias", &k_bias_},
+      {"v_proj.bias", &v_bias_},        {"o_proj.bias", &o_bias_},
+      {"q_norm.weight", &q_norm_},      {"k_norm.weight", &k_norm_},
+      {"gk_proj.0.weight", &gk_proj0_}, {"gk_proj.1.weight", &gk_proj1_},
+      {"gk_proj.1.bias", &gk_bias_},    {"a_proj.weight", &a_proj_},
+      {"b_proj.weight", &b_proj_},      {"A_log", &a_log_},
+      {"dt_bias", &dt_bias_},           {"g_proj.weight", &g_proj_},
+      {"g_proj.bias", &g_bias_},        {"o_norm.weight", &o_norm_}};
   std::vector<std::pair<std::string, at::Tensor*>> defined;
   for (auto& p : out)
     if (p.second->defined()) defined.push_back(p);
@@ -122,11 +124,17 @@ void LinearBranch::To(at::ScalarType dtype, at::Device device) {
 }
 
 at::Tensor LinearBranch::HeadOutputs(const at::Tensor& x, at::Tensor* state) const {
+  return HeadOutputsFrom(x, Linear(x, q_proj_, q_bias_), Linear(x, k_proj_, k_bias_), Linear(x, v_proj_, v_bias_),
+                         state);
+}
+
+at::Tensor LinearBranch::HeadOutputsFrom(const at::Tensor& x, const at::Tensor& q_proj, const at::Tensor& k_proj,
+                                         const at::Tensor& v_proj, at::Tensor* state) const {
   const int64_t B = x.size(0), T = x.size(1), H = num_heads_, D = head_dim_;
   auto heads = [&](const at::Tensor& t) { return t.view({B, T, H, D}); };
-  at::Tensor q = heads(Linear(x, q_proj_, q_bias_));
-  at::Tensor k = heads(Linear(x, k_proj_, k_bias_));
-  at::Tensor v = heads(Linear(x, v_proj_, v_bias_));
+  at::Tensor q = heads(q_proj);
+  at::Tensor k = heads(k_proj);
+  at::Tensor v = heads(v_proj);
   const BranchKind kind = settings_.kind;
   // Feature maps in one pass per tensor, written in the kernels' layout [B, H, T, D]: (q/k norm), then silu for
   // Lightning; silu and L2 normalisation for Gated DeltaNet; identity for GLA; q scaled by D^-1/2.

@@ -34,6 +34,12 @@ class LinearBranch {
   // to [B, T, H*D] (before o_proj). `state` (optional, [B, H, D, D] float32) is read as the initial state and
   // replaced by the final one.
   at::Tensor HeadOutputs(const at::Tensor& x, at::Tensor* state = nullptr) const;
+  // HeadOutputs from the branch's q, k, v projections of x ([B, T, H*D] each; e.g. from MultiLinear over
+  // Projections()); x itself feeds the kinds' other maps (decays, output gate).
+  at::Tensor HeadOutputsFrom(const at::Tensor& x, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             at::Tensor* state = nullptr) const;
+  std::vector<at::Tensor> Projections() const { return {q_proj_, k_proj_, v_proj_}; }
+  std::vector<at::Tensor> ProjectionBiases() const { return {q_bias_, k_bias_, v_bias_}; }
   at::Tensor OutProj(const at::Tensor& heads) const;  // o_proj (+ bias)
   at::Tensor Forward(const at::Tensor& x, at::Tensor* state = nullptr) const { return OutProj(HeadOutputs(x, state)); }
 
@@ -56,10 +62,10 @@ class LinearBranch {
   at::Tensor q_proj_, k_proj_, v_proj_, o_proj_;
   at::Tensor q_bias_, k_bias_, v_bias_, o_bias_;
   at::Tensor q_norm_, k_norm_;
-  at::Tensor gk_proj0_, gk_proj1_, gk_bias_;   // GLA
+  at::Tensor gk_proj0_, gk_proj1_, gk_bias_;      // GLA
   at::Tensor a_proj_, b_proj_, a_log_, dt_bias_;  // GDN
-  at::Tensor g_proj_, g_bias_, o_norm_;         // GLA, GDN
-  at::Tensor lightning_decay_;                  // [H], Lightning's fixed log decays (not a parameter)
+  at::Tensor g_proj_, g_bias_, o_norm_;           // GLA, GDN
+  at::Tensor lightning_decay_;                    // [H], Lightning's fixed log decays (not a parameter)
 };
 
 }  // namespace fm

@@ -9,6 +9,7 @@
 
 #include "kernels/fused_ops.h"
 #include "worker/engine/common/str_cat.h"
+#include "worker/engine/model/multi_linear.h"
 
 #ifdef FLASHMORPH_CUDA
 #include "kernels/linear_attention_cuda.h"
@@ -90,8 +91,14 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   const int64_t H = decoder_->config().num_heads, D = decoder_->config().head_dim;
   at::Tensor a = mix.gates.to(x.device(), at::kFloat).reshape({-1});
   if (a.size(0) == 1) a = a.expand({H});
-  at::Tensor fa = decoder_->AttentionHeads(l, x, rope, kv, -1, record);
-  at::Tensor la = branch.HeadOutputs(x, state);
+  // Both branches' q, k, v projections of the same input as one node: the backward accumulates the input's
+  // gradient inside the six products (multi_linear.h).
+  std::vector<at::Tensor> weights = decoder_->AttentionProjections(l), biases = decoder_->AttentionProjectionBiases(l);
+  for (const at::Tensor& w : branch.Projections()) weights.push_back(w);
+  for (const at::Tensor& b : branch.ProjectionBiases()) biases.push_back(b);
+  const std::vector<at::Tensor> p = MultiLinear(x, weights, biases);
+  at::Tensor fa = decoder_->AttentionHeadsFrom(l, p[0], p[1], p[2], rope, kv, -1, record);
+  at::Tensor la = branch.HeadOutputsFrom(x, p[3], p[4], p[5], state);
   at::Tensor out;
 #ifdef FLASHMORPH_CUDA
   // bf16 on the GPU: one fused kernel scales both sides per head into [a * fa, (1 - a) * la] and a single GEMM
