@@ -150,6 +150,43 @@ TEST_F(MorphTest, RecordedAttentionGivesTheSameGradients) {
   SetAttentionRecordBudget(before);
 }
 
+// The last layer restricted to some rows (the gate stage's answer rows): the teacher's and the morphable model's
+// outputs equal those rows of the full forward, and the gate gradients of a loss on them are unchanged, with and
+// without checkpointing.
+TEST_F(MorphTest, LastLayerRowsEqualTheFullForwardsRows) {
+  auto branches = Branches(BranchKind::kGla);
+  MorphableModel m(teacher_, &branches);
+  at::Tensor ids = Ids(50, 8);
+  const int64_t L = teacher_->config().num_layers;
+  at::Tensor rows = at::tensor(std::vector<int64_t>{3, 17, 18, 19, 49});
+  ForwardOptions all, some;
+  all.return_logits = some.return_logits = false;
+  some.final_rows = rows;
+  auto full = teacher_->Forward(ids, all), part = teacher_->Forward(ids, some);
+  ASSERT_TRUE(full.ok() && part.ok());
+  ASSERT_EQ(part->final_hidden.size(1), 5);
+  EXPECT_LT(testing::MaxAbsDiff(part->final_hidden, full->final_hidden.index_select(1, rows)), 1e-5);
+  at::Tensor gates0 = at::full({L, 1}, 0.7);
+  EXPECT_LT(testing::MaxAbsDiff(m.Forward(ids, GatedMixes(gates0), nullptr, nullptr, rows),
+                                m.Forward(ids, GatedMixes(gates0)).index_select(1, rows)),
+            1e-5);
+  for (bool ckpt : {false, true}) {
+    std::vector<at::Tensor> grads;
+    for (bool restricted : {false, true}) {
+      at::Tensor gates = at::full({L, 1}, 0.7).requires_grad_(true);
+      auto loss = [&](const at::Tensor& x) {
+        at::Tensor h = teacher_->FinalNorm(restricted ? x : x.index_select(1, rows));
+        return h.pow(2).mean();
+      };
+      m.ForwardBackward(ids, GatedMixes(gates), loss, ckpt, restricted ? rows : at::Tensor());
+      grads.push_back(gates.grad().clone());
+    }
+    EXPECT_GT(grads[0].abs().max().item<double>(), 0);
+    EXPECT_LT(testing::MaxAbsDiff(grads[0], grads[1]), 1e-6 * (1 + grads[0].abs().max().item<double>()))
+        << (ckpt ? "checkpointed" : "plain");
+  }
+}
+
 TEST_F(MorphTest, BranchRecurrenceContinuesThePrefill) {
   at::manual_seed(5);
   at::Tensor x = at::randn({2, 37, teacher_->config().hidden_size});

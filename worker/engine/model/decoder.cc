@@ -166,11 +166,15 @@ at::Tensor Decoder::MlpDown(int64_t layer, const at::Tensor& activation) const {
 
 at::Tensor Decoder::Mlp(int64_t layer, const at::Tensor& h) const { return MlpDown(layer, MlpActivation(layer, h)); }
 
+at::Tensor SelectRows(const at::Tensor& t, const at::Tensor& rows) {
+  return rows.defined() ? t.index_select(1, rows.to(t.device())) : t;
+}
+
 at::Tensor Decoder::Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
-                          at::Tensor* attention_output, at::Tensor* normed_input) const {
+                          at::Tensor* attention_output, at::Tensor* normed_input, const at::Tensor& rows) const {
   at::Tensor xn = InputNorm(layer, x);
-  at::Tensor attn = Attention(layer, xn, rope, cache);
-  at::Tensor h = x + attn;
+  at::Tensor attn = AttentionOutProj(layer, SelectRows(AttentionHeads(layer, xn, rope, cache), rows));
+  at::Tensor h = SelectRows(x, rows) + attn;
   if (attention_output) *attention_output = attn;
   if (normed_input) *normed_input = xn;
   return h + Mlp(layer, PostAttentionNorm(layer, h));
@@ -210,12 +214,13 @@ absl::StatusOr<ForwardResult> Decoder::Forward(const at::Tensor& input_ids, cons
       const at::Device dev = LayerDevice(l);
       x = x.to(dev);
       at::Tensor attn;
-      x = Block(l, x, rope.On(dev), opt.cache, &attn);
+      const bool last_layer = l + 1 == config_.num_layers;
+      x = Block(l, x, rope.On(dev), opt.cache, &attn, nullptr, last_layer ? opt.final_rows : at::Tensor());
       if (opt.return_attention_outputs) r.attention_outputs.push_back(attn);
       if (opt.return_hidden_states) r.hidden_states.push_back(x);
     }
     if (opt.cache) opt.cache->length += T;
-    at::Tensor last = opt.logits_last_only ? x.narrow(1, T - 1, 1) : x;
+    at::Tensor last = opt.logits_last_only ? x.narrow(1, x.size(1) - 1, 1) : x;
     r.final_hidden = FinalNorm(last);
     if (opt.return_logits) r.logits = Logits(r.final_hidden);
     return r;

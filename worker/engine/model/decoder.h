@@ -21,6 +21,9 @@
 
 namespace fm {
 
+// t[:, rows] for int64 positions `rows` along dimension 1 (t itself when rows is undefined).
+at::Tensor SelectRows(const at::Tensor& t, const at::Tensor& rows);
+
 // Keys/values of earlier positions, per layer, for incremental decoding. k[l], v[l] are [B, Hkv, T, head_dim].
 // By default every write concatenates (a copy of the whole cache per step); with `capacity` set, each layer's
 // keys/values live in a buffer of that many positions, allocated on the layer's first write, and k[l], v[l] are
@@ -39,6 +42,11 @@ struct ForwardOptions {
   bool return_logits = true;
   bool logits_last_only = false;  // logits of the last position only ([B, 1, V])
   KvCache* cache = nullptr;       // when set: positions continue from cache->length, and the cache is extended
+  // When defined (int64 positions along T, on any device): the last layer forms only these rows of every batch
+  // entry past its attention (output projection, residual, MLP), and final_hidden / logits are [B, R, ...] for
+  // them — what a loss on those positions needs (the gate stage's answer rows). The last hidden state and attention
+  // output returned are these rows too.
+  at::Tensor final_rows;
 };
 
 struct ForwardResult {
@@ -94,9 +102,11 @@ class Decoder {
   at::Tensor MlpActivation(int64_t layer, const at::Tensor& h_normed) const;
   at::Tensor MlpDown(int64_t layer, const at::Tensor& activation) const;
   // One whole decoder layer: residual stream in -> out (x on the layer's device); the attention block's output
-  // and its input-normed input go to `attention_output` and `normed_input` when given.
+  // and its input-normed input go to `attention_output` and `normed_input` when given. With `rows` (int64
+  // positions along T), attention runs over every position but the layer returns only these rows.
   at::Tensor Block(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
-                   at::Tensor* attention_output = nullptr, at::Tensor* normed_input = nullptr) const;
+                   at::Tensor* attention_output = nullptr, at::Tensor* normed_input = nullptr,
+                   const at::Tensor& rows = {}) const;
   at::Tensor FinalNorm(const at::Tensor& x) const;
   at::Tensor Logits(const at::Tensor& x_normed) const;  // lm_head, float32
   at::Tensor Head(const at::Tensor& x) const;           // Logits(FinalNorm(x))

@@ -28,13 +28,15 @@ at::Tensor PredictingPositions(const at::Tensor& answer_mask) {
   return shifted.nonzero().reshape({-1});
 }
 
+// The teacher's final hidden states at `positions` (its last layer forms only those rows).
 absl::StatusOr<at::Tensor> TeacherAnswerHidden(const Decoder& teacher, const MaskedSample& s,
                                                const at::Tensor& positions) {
   at::NoGradGuard no_grad;
   ForwardOptions opt;
   opt.return_logits = false;
+  opt.final_rows = positions;
   FM_ASSIGN_OR_RETURN(ForwardResult r, teacher.Forward(s.ids, opt));
-  return r.final_hidden[0].index_select(0, positions.to(r.final_hidden.device())).to(at::kFloat);
+  return r.final_hidden[0].to(at::kFloat);
 }
 
 std::vector<double> ToVector(const at::Tensor& t) {
@@ -51,9 +53,8 @@ absl::StatusOr<double> AnswerHiddenDistance(const Decoder& teacher, std::vector<
   if (pos.numel() == 0) return absl::InvalidArgumentError("sample has no answer tokens");
   FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, sample, pos));
   MorphableModel model(&teacher, &branches);
-  at::Tensor x = model.Forward(sample.ids, GatedMixes(gates));
-  at::Tensor h = teacher.FinalNorm(x)[0];
-  h = h.index_select(0, pos.to(h.device())).to(at::kFloat);
+  at::Tensor x = model.Forward(sample.ids, GatedMixes(gates), nullptr, nullptr, pos);
+  at::Tensor h = teacher.FinalNorm(x)[0].to(at::kFloat);
   return (h - target.to(h.device())).pow(2).mean().item<double>();
 }
 
@@ -73,14 +74,14 @@ absl::StatusOr<double> SampleForwardBackward(const Decoder& teacher, std::vector
   if (pos.numel() == 0) return absl::InvalidArgumentError(StrCat("passkey sample ", index, " has no answer tokens"));
   FM_ASSIGN_OR_RETURN(at::Tensor target, TeacherAnswerHidden(teacher, s, pos));
   MorphableModel model(&teacher, &branches);
+  // Only the answer rows of the last layer matter to the loss: both models form just those past its attention.
   at::Tensor loss = model.ForwardBackward(
       s.ids, GatedMixes(gates),
       [&](const at::Tensor& x_last) {
-        at::Tensor h = teacher.FinalNorm(x_last)[0];
-        h = h.index_select(0, pos.to(h.device())).to(at::kFloat);
+        at::Tensor h = teacher.FinalNorm(x_last)[0].to(at::kFloat);
         return (h - target.to(h.device())).pow(2).mean() * weight;
       },
-      plan.checkpointing);
+      plan.checkpointing, pos);
   return loss.item<double>();
 }
 
@@ -196,9 +197,14 @@ absl::StatusOr<GateReport> OptimizeGates(const Decoder& teacher, std::vector<Lin
     resumed_seconds = (*state).value("seconds", 0.0);
   }
   auto save = [&](int64_t step) {
-    nlohmann::json s = {{"step", step},          {"done", step >= plan.steps}, {"tokens", report.tokens},
-                        {"history", report.history}, {"distance", report.distance}, {"penalty", report.penalty},
-                        {"seconds", report.seconds}, {"gates", ToVector(gates)}};
+    nlohmann::json s = {{"step", step},
+                        {"done", step >= plan.steps},
+                        {"tokens", report.tokens},
+                        {"history", report.history},
+                        {"distance", report.distance},
+                        {"penalty", report.penalty},
+                        {"seconds", report.seconds},
+                        {"gates", ToVector(gates)}};
     NamedTensorList t = {{"gates", gates}};
     for (auto& kv : opt.State()) t.push_back(kv);
     return ckpt.Save(s, {{"gates", t}}, step);

@@ -68,7 +68,7 @@ std::vector<bool> MorphableModel::RecordedLayers(const at::Tensor& ids, const st
 }
 
 at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                                          HybridCache* cache, AttentionRecord* record) const {
+                                          HybridCache* cache, AttentionRecord* record, const at::Tensor& rows) const {
   KvCache* kv = nullptr;
   at::Tensor* state = nullptr;
   if (cache) {
@@ -78,11 +78,11 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   }
   switch (mix.mode) {
     case LayerMix::Mode::kFull:
-      return decoder_->Attention(l, x, rope, kv, record);
+      return decoder_->AttentionOutProj(l, SelectRows(decoder_->AttentionHeads(l, x, rope, kv, -1, record), rows));
     case LayerMix::Mode::kLinear:
-      return (*branches_)[l].Forward(x, state);
+      return (*branches_)[l].OutProj(SelectRows((*branches_)[l].HeadOutputs(x, state), rows));
     case LayerMix::Mode::kSlidingWindow:
-      return decoder_->AttentionOutProj(l, decoder_->AttentionHeads(l, x, rope, kv, mix.window));
+      return decoder_->AttentionOutProj(l, SelectRows(decoder_->AttentionHeads(l, x, rope, kv, mix.window), rows));
     case LayerMix::Mode::kGated:
       break;
   }
@@ -97,8 +97,8 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
   for (const at::Tensor& w : branch.Projections()) weights.push_back(w);
   for (const at::Tensor& b : branch.ProjectionBiases()) biases.push_back(b);
   const std::vector<at::Tensor> p = MultiLinear(x, weights, biases);
-  at::Tensor fa = decoder_->AttentionHeadsFrom(l, p[0], p[1], p[2], rope, kv, -1, record);
-  at::Tensor la = branch.HeadOutputsFrom(x, p[3], p[4], p[5], state);
+  at::Tensor fa = SelectRows(decoder_->AttentionHeadsFrom(l, p[0], p[1], p[2], rope, kv, -1, record), rows);
+  at::Tensor la = SelectRows(branch.HeadOutputsFrom(x, p[3], p[4], p[5], state), rows);
   at::Tensor out;
 #ifdef FLASHMORPH_CUDA
   // bf16 on the GPU: one fused kernel scales both sides per head into [a * fa, (1 - a) * la] and a single GEMM
@@ -120,8 +120,8 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
 }
 
 at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                                 HybridCache* cache, AttentionRecord* record) const {
-  at::Tensor h = x + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache, record);
+                                 HybridCache* cache, AttentionRecord* record, const at::Tensor& rows) const {
+  at::Tensor h = SelectRows(x, rows) + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache, record, rows);
   return h + decoder_->Mlp(l, decoder_->PostAttentionNorm(l, h));
 }
 
@@ -169,8 +169,8 @@ int64_t HybridCache::Bytes() const {
 }
 
 at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
-                                   std::vector<at::Tensor>* inputs,
-                                   const std::vector<AttentionRecord*>* records) const {
+                                   std::vector<at::Tensor>* inputs, const std::vector<AttentionRecord*>* records,
+                                   const at::Tensor& last_rows) const {
   std::optional<at::NoGradGuard> no_grad;
   if (inputs) no_grad.emplace();
   RopeOnDevices rope(decoder_->Rope(0, ids.size(1)));
@@ -180,17 +180,18 @@ at::Tensor MorphableModel::Forward(const at::Tensor& ids, const std::vector<Laye
     x = x.to(dev);  // layer sharding: the residual stream follows the layers (differentiable)
     if (inputs) inputs->push_back(x);
     AttentionRecord* record = records && l < static_cast<int64_t>(records->size()) ? (*records)[l] : nullptr;
-    x = Layer(l, x, rope.On(dev), mixes[l], nullptr, record);
+    const bool last = l + 1 == static_cast<int64_t>(mixes.size());
+    x = Layer(l, x, rope.On(dev), mixes[l], nullptr, record, last ? last_rows : at::Tensor());
   }
   return x;
 }
 
 at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
                                            const std::function<at::Tensor(const at::Tensor&)>& loss_fn,
-                                           bool checkpointing) const {
+                                           bool checkpointing, const at::Tensor& last_rows) const {
   at::AutoGradMode grad_on(true);
   if (!checkpointing) {
-    at::Tensor loss = loss_fn(Forward(ids, mixes));
+    at::Tensor loss = loss_fn(Forward(ids, mixes, nullptr, nullptr, last_rows));
     loss.backward();
     return loss.detach();
   }
@@ -200,7 +201,7 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
   std::vector<AttentionRecord*> records(mixes.size(), nullptr);
   for (size_t l = 0; l < mixes.size(); ++l)
     if (recorded[l]) records[l] = &store[l];
-  at::Tensor last = Forward(ids, mixes, &inputs, &records).detach().requires_grad_(true);
+  at::Tensor last = Forward(ids, mixes, &inputs, &records, last_rows).detach().requires_grad_(true);
   at::Tensor loss = loss_fn(last);
   loss.backward();
   at::Tensor grad = last.grad();
@@ -208,18 +209,19 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
   const bool embed_trains = decoder_->weights().embed_tokens.requires_grad();
   for (int64_t l = static_cast<int64_t>(mixes.size()) - 1; l >= 0; --l) {
     const bool need_input_grad = l > 0 || embed_trains;
+    const at::Tensor rows = l + 1 == static_cast<int64_t>(mixes.size()) ? last_rows : at::Tensor();
     at::Tensor x = inputs[l].detach().requires_grad_(need_input_grad);
     const DecoderLayerWeights& w = decoder_->weights().layers[l];
     if (w.down_proj.requires_grad() || (w.down_bias.defined() && w.down_bias.requires_grad())) {
-      at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l], nullptr, records[l]);
+      at::Tensor y = Layer(l, x, rope.On(x.device()), mixes[l], nullptr, records[l], rows);
       if (!y.requires_grad()) break;  // nothing below this layer trains
       y.backward(grad.to(y.device()));
     } else {
       // The layer's output y = h + down(silu(gate) * up) is not needed, only its gradient: with the down
       // projection frozen, dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the gate and up
       // projections and the activation's backward runs directly on them (its forward is never formed).
-      at::Tensor h =
-          x + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l], nullptr, records[l]);
+      at::Tensor h = SelectRows(x, rows) + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l],
+                                                          nullptr, records[l], rows);
       auto [gate, up] = decoder_->MlpGateUp(l, decoder_->PostAttentionNorm(l, h));
       if (!h.requires_grad()) break;  // nothing below this layer trains
       const at::Tensor g = grad.to(h.device());

@@ -53,18 +53,21 @@ class MorphableModel {
   // positions (rope must start at cache->length()): softmax heads read and extend cache->kv, the branch continues
   // from cache->states[l] and replaces it.
   // A `record` keeps (no-grad pass) or replays (recomputation) the layer's softmax attention (attention_record.h).
+  // With `rows` (int64 positions along T), attention runs over every position and only these rows come out.
   at::Tensor MixedAttention(int64_t l, const at::Tensor& x_normed, const RopeTables& rope, const LayerMix& mix,
-                            HybridCache* cache = nullptr, AttentionRecord* record = nullptr) const;
-  // One decoder layer (residual stream in -> out).
+                            HybridCache* cache = nullptr, AttentionRecord* record = nullptr,
+                            const at::Tensor& rows = {}) const;
+  // One decoder layer (residual stream in -> out; with `rows`, only those rows of the output).
   at::Tensor Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
-                   HybridCache* cache = nullptr, AttentionRecord* record = nullptr) const;
+                   HybridCache* cache = nullptr, AttentionRecord* record = nullptr, const at::Tensor& rows = {}) const;
 
   // Residual stream after the last layer (before the final norm), without building an autograd graph when
   // `inputs` is given (the checkpointed forward: each layer's input is stored there; layer l's softmax attention
-  // is recorded into (*records)[l] where that vector has an entry, see ForwardBackward).
+  // is recorded into (*records)[l] where that vector has an entry, see ForwardBackward). With `last_rows` (int64
+  // positions along T), the last layer forms only those rows past its attention and the result is [B, R, d].
   at::Tensor Forward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
-                     std::vector<at::Tensor>* inputs = nullptr,
-                     const std::vector<AttentionRecord*>* records = nullptr) const;
+                     std::vector<at::Tensor>* inputs = nullptr, const std::vector<AttentionRecord*>* records = nullptr,
+                     const at::Tensor& last_rows = {}) const;
 
   // Inference with caches (no autograd graph): ids [B, T] (any device) continue the `cache->length()` cached
   // positions — a prefill on an empty cache, then one call per decoded token (or chunk) — and the cache is extended by
@@ -78,10 +81,11 @@ class MorphableModel {
   // Forward + backward: loss = loss_fn(x_L), gradients accumulate into every leaf that requires grad (gates,
   // branch parameters, decoder weights). With `checkpointing`, layers are recomputed one at a time; the last layers'
   // softmax attention is kept from the forward for their recomputation as far as AttentionRecordBudget() allows.
+  // With `last_rows`, loss_fn receives only those rows of x_L ([B, R, d]; see Forward).
   // Returns the loss (detached).
   at::Tensor ForwardBackward(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
-                             const std::function<at::Tensor(const at::Tensor& x_last)>& loss_fn,
-                             bool checkpointing) const;
+                             const std::function<at::Tensor(const at::Tensor& x_last)>& loss_fn, bool checkpointing,
+                             const at::Tensor& last_rows = {}) const;
 
  private:
   // The layers whose softmax attention the checkpointed forward keeps within AttentionRecordBudget(): the last ones
