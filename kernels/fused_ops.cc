@@ -45,6 +45,20 @@ at::Tensor HeadTransform(const at::Tensor& x, const HeadTransformSpec& spec) {
   return HeadTransformReference(x, spec);
 }
 
+std::pair<at::Tensor, at::Tensor> AddRmsNormReference(const at::Tensor& x, const at::Tensor& r,
+                                                      const at::Tensor& weight, double eps) {
+  at::Tensor y = x + r;
+  return {y, RmsNorm(y, weight, eps)};
+}
+
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
+                                             double eps) {
+#ifdef FLASHMORPH_CUDA
+  if (AddRmsNormCudaSupports(x, r, weight)) return AddRmsNormCuda(x, r, weight, eps);
+#endif
+  return AddRmsNormReference(x, r, weight, eps);
+}
+
 at::Tensor SwiGluReference(const at::Tensor& gate, const at::Tensor& up) { return at::silu(gate) * up; }
 
 at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {

@@ -29,6 +29,13 @@ struct HeadTransformSpec {
 at::Tensor HeadTransform(const at::Tensor& x, const HeadTransformSpec& spec);
 at::Tensor HeadTransformReference(const at::Tensor& x, const HeadTransformSpec& spec);
 
+// The residual add before a decoder norm, fused with it: {y, n} = {x + r, RMSNorm(x + r; weight)} (Hugging Face's
+// roundings, as kernels::RmsNorm). Differentiable in x and r (and in the weight on the reference path).
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
+                                             double eps);
+std::pair<at::Tensor, at::Tensor> AddRmsNormReference(const at::Tensor& x, const at::Tensor& r,
+                                                      const at::Tensor& weight, double eps);
+
 // silu(gate) * up, elementwise (the MLP's SwiGLU; the gated branches' output gate).
 at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up);
 at::Tensor SwiGluReference(const at::Tensor& gate, const at::Tensor& up);

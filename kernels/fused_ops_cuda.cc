@@ -59,6 +59,47 @@ class RmsNormRowsFunction : public torch::autograd::Function<RmsNormRowsFunction
   }
 };
 
+// Outputs (y, n); the backward gets (dy, dn) and returns dx for both x and r.
+class AddRmsNormRowsFunction : public torch::autograd::Function<AddRmsNormRowsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& r_in,
+                               const at::Tensor& weight, double eps) {
+    const c10::cuda::CUDAGuard guard(x_in.device());
+    ctx->set_materialize_grads(false);
+    at::Tensor x = x_in.contiguous(), r = r_in.contiguous(), w = weight.contiguous();
+    if (!Aligned16(r)) r = r.clone();
+    at::Tensor y = at::empty_like(x), n = at::empty_like(x);
+    const int64_t D = x.size(-1), rows = x.numel() / D;
+    Check(kc::LaunchAddRmsNormRows(rows, static_cast<int>(D), CBf(x), CBf(r), CBf(w), static_cast<float>(eps), Bf(y),
+                                   Bf(n), Stream()),
+          "AddRmsNormRows");
+    ctx->save_for_backward({y, w});
+    ctx->saved_data["eps"] = eps;
+    return {y, n};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &y = saved[0], &w = saved[1];
+    const c10::cuda::CUDAGuard guard(y.device());
+    auto prepare = [](const at::Tensor& g) {
+      at::Tensor t = g.to(at::kBFloat16).contiguous();
+      return Aligned16(t) ? t : t.clone();
+    };
+    at::Tensor dx;
+    if (!grads[1].defined()) {
+      dx = grads[0].defined() ? grads[0] : at::zeros_like(y);
+    } else {
+      at::Tensor dn = prepare(grads[1]), dy = grads[0].defined() ? prepare(grads[0]) : at::Tensor();
+      dx = at::empty_like(y);
+      const int64_t D = y.size(-1), rows = y.numel() / D;
+      Check(kc::LaunchAddRmsNormRowsBackward(rows, static_cast<int>(D), CBf(y), CBf(w), CBf(dn), CBf(dy),
+                                             static_cast<float>(ctx->saved_data["eps"].toDouble()), Bf(dx), Stream()),
+            "AddRmsNormRowsBackward");
+    }
+    return {dx, dx, at::Tensor(), at::Tensor()};
+  }
+};
+
 kc::HeadRows Rows(const at::Tensor& t) {  // t: [B, T, H, D] view
   kc::HeadRows r;
   r.B = static_cast<int>(t.size(0)), r.T = static_cast<int>(t.size(1)), r.H = static_cast<int>(t.size(2));
@@ -196,6 +237,20 @@ at::Tensor RmsNormRowsCuda(const at::Tensor& x, const at::Tensor& weight, double
   at::Tensor w = weight;
   if (!Aligned16(w)) w = w.clone();
   return RmsNormRowsFunction::apply(x, w, eps);
+}
+
+bool AddRmsNormCudaSupports(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight) {
+  return RmsNormRowsCudaSupports(x, weight) && Bf16Cuda(r) && r.sizes() == x.sizes() && r.device() == x.device() &&
+         (!r.is_contiguous() || Aligned16(r));
+}
+
+std::pair<at::Tensor, at::Tensor> AddRmsNormCuda(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
+                                                 double eps) {
+  TORCH_CHECK(AddRmsNormCudaSupports(x, r, weight), "AddRmsNormCuda: unsupported inputs");
+  at::Tensor w = weight;
+  if (!Aligned16(w)) w = w.clone();
+  variable_list out = AddRmsNormRowsFunction::apply(x, r, w, eps);
+  return {out[0], out[1]};
 }
 
 bool HeadTransformCudaSupports(const at::Tensor& x, const HeadTransformSpec& spec) {

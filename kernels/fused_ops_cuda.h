@@ -14,6 +14,12 @@ namespace fm::kernels {
 bool RmsNormRowsCudaSupports(const at::Tensor& x, const at::Tensor& weight);
 at::Tensor RmsNormRowsCuda(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// kernels::AddRmsNorm on the fused kernels: x and r of one shape, both as RmsNormRowsCudaSupports wants x;
+// differentiable in x and r (a weight that requires gradients goes to the reference).
+bool AddRmsNormCudaSupports(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight);
+std::pair<at::Tensor, at::Tensor> AddRmsNormCuda(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
+                                                 double eps);
+
 // HeadTransform's vectorized kernels (8 elements per lane, 16-byte loads) for inputs whose rows are 16-byte aligned;
 // the others keep one warp per row. On by default (FLASHMORPH_VECTOR_HEADS=0 sets the start value off); checked
 // against float64 in CPU CI on the emulated GPU (FusedOpsEmulated) and on the GPU (FusedOpsCuda), not yet timed

@@ -113,6 +113,81 @@ __global__ void RmsNormRowsBackwardKernel(int64_t rows, int D, const uint4* __re
   }
 }
 
+// ---- Residual add + RMSNorm: y = bf16(x + r), n = RMSNorm(y) as above, one pass writing both; the second pass
+// re-reads y (this lane's own stores, in L1/L2).
+__global__ void AddRmsNormRowsKernel(int64_t rows, int D, const uint4* __restrict__ x, const uint4* __restrict__ r,
+                                     const uint4* __restrict__ w, float eps, uint4* __restrict__ y,
+                                     uint4* __restrict__ n) {
+  const int lane = threadIdx.x & 31, nvec = D / 8;
+  for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
+    const uint4 *xr = x + row * nvec, *rr = r + row * nvec;
+    uint4* yr = y + row * nvec;
+    float ss = 0.f;
+    for (int c = lane; c < nvec; c += 32) {
+      float a[8], b[8];
+      Unpack(xr[c], a);
+      Unpack(rr[c], b);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        a[e] = Round(a[e] + b[e]);
+        ss += a[e] * a[e];
+      }
+      yr[c] = Pack(a);
+    }
+    const float rstd = rsqrtf(WarpSum(ss) / static_cast<float>(D) + eps);
+    uint4* nr = n + row * nvec;
+    for (int c = lane; c < nvec; c += 32) {
+      float v[8], wf[8];
+      Unpack(yr[c], v);
+      Unpack(w[c], wf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = wf[e] * Round(v[e] * rstd);
+      nr[c] = Pack(v);
+    }
+  }
+}
+
+// dx = bf16(bf16(RMSNorm backward of dn at y) + dy): the norm's input gradient plus the residual's, rounded as the
+// two-step composition rounds them (dy may be null: no residual gradient).
+__global__ void AddRmsNormRowsBackwardKernel(int64_t rows, int D, const uint4* __restrict__ y,
+                                             const uint4* __restrict__ w, const uint4* __restrict__ dn,
+                                             const uint4* __restrict__ dy, float eps, uint4* __restrict__ dx) {
+  const int lane = threadIdx.x & 31, nvec = D / 8;
+  for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
+    const uint4 *yr = y + row * nvec, *gr = dn + row * nvec;
+    float ss = 0.f, gx = 0.f;
+    for (int c = lane; c < nvec; c += 32) {
+      float v[8], g[8], wf[8];
+      Unpack(yr[c], v);
+      Unpack(gr[c], g);
+      Unpack(w[c], wf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        ss += v[e] * v[e];
+        gx += g[e] * wf[e] * v[e];
+      }
+    }
+    const float rstd = rsqrtf(WarpSum(ss) / static_cast<float>(D) + eps);
+    const float k = rstd * rstd * WarpSum(gx) / static_cast<float>(D);
+    uint4* dr = dx + row * nvec;
+    for (int c = lane; c < nvec; c += 32) {
+      float v[8], g[8], wf[8], d[8];
+      Unpack(yr[c], v);
+      Unpack(gr[c], g);
+      Unpack(w[c], wf);
+      if (dy) {
+        Unpack(dy[row * nvec + c], d);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) d[e] = 0.f;
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = Round(rstd * (g[e] * wf[e] - v[e] * k)) + d[e];
+      dr[c] = Pack(v);
+    }
+  }
+}
+
 // ---- Head transforms: one warp per [D] row, lane l holds elements l + 32 j (j < E = D / 32), so the rotary
 // partner d + D/2 of element d is in the same lane (j + E/2).
 __device__ __forceinline__ const __nv_bfloat16* RowPtr(const __nv_bfloat16* base, const HeadRows& r, int64_t row,
@@ -615,6 +690,27 @@ cudaError_t LaunchRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* 
   return Launch(RmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
                 reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w),
                 reinterpret_cast<const uint4*>(dy), eps, reinterpret_cast<uint4*>(dx));
+}
+
+cudaError_t LaunchAddRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* r,
+                                 const __nv_bfloat16* w, float eps, __nv_bfloat16* y, __nv_bfloat16* n,
+                                 cudaStream_t stream) {
+  if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  return Launch(AddRmsNormRowsKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+                reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(r), reinterpret_cast<const uint4*>(w),
+                eps, reinterpret_cast<uint4*>(y), reinterpret_cast<uint4*>(n));
+}
+
+cudaError_t LaunchAddRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* y, const __nv_bfloat16* w,
+                                         const __nv_bfloat16* dn, const __nv_bfloat16* dy, float eps, __nv_bfloat16* dx,
+                                         cudaStream_t stream) {
+  if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  return Launch(AddRmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+                reinterpret_cast<const uint4*>(y), reinterpret_cast<const uint4*>(w),
+                reinterpret_cast<const uint4*>(dn), reinterpret_cast<const uint4*>(dy), eps,
+                reinterpret_cast<uint4*>(dx));
 }
 
 bool HeadTransformSupported(int D) { return D == 64 || D == 128 || D == 256; }

@@ -19,6 +19,16 @@ cudaError_t LaunchRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const
 cudaError_t LaunchRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* w,
                                       const __nv_bfloat16* dy, float eps, __nv_bfloat16* dx, cudaStream_t stream);
 
+// The residual add before a norm, fused with it: y = bf16(x + r), n = RMSNorm(y; w) as LaunchRmsNormRows (same
+// contracts on D and alignment; r like x). Backward: dx = bf16(bf16(the norm's input gradient for dn) + dy), the
+// gradient of both x and r; dy (the gradient reaching y directly) may be null.
+cudaError_t LaunchAddRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* r,
+                                 const __nv_bfloat16* w, float eps, __nv_bfloat16* y, __nv_bfloat16* n,
+                                 cudaStream_t stream);
+cudaError_t LaunchAddRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* y, const __nv_bfloat16* w,
+                                         const __nv_bfloat16* dn, const __nv_bfloat16* dy, float eps, __nv_bfloat16* dx,
+                                         cudaStream_t stream);
+
 // Rows of a [B, T, H, D] tensor in any layout whose D elements are contiguous: element (b, t, h, d) sits at
 // b * stride_b + t * stride_t + h * stride_h + d.
 struct HeadRows {

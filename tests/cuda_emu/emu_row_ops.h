@@ -33,6 +33,10 @@ bool HeadTransformBackward(const HeadRowsLayout& x_rows, const HeadRowsLayout& d
 bool RmsNormRows(int64_t rows, int D, const uint16_t* x, const uint16_t* w, float eps, uint16_t* y);
 bool RmsNormRowsBackward(int64_t rows, int D, const uint16_t* x, const uint16_t* w, const uint16_t* dy, float eps,
                          uint16_t* dx);
+bool AddRmsNormRows(int64_t rows, int D, const uint16_t* x, const uint16_t* r, const uint16_t* w, float eps,
+                    uint16_t* y, uint16_t* n);
+bool AddRmsNormRowsBackward(int64_t rows, int D, const uint16_t* y, const uint16_t* w, const uint16_t* dn,
+                            const uint16_t* dy, float eps, uint16_t* dx);
 bool SwiGlu(int64_t n, const uint16_t* g, const uint16_t* u, uint16_t* y);
 bool SwiGluBackward(int64_t n, const uint16_t* g, const uint16_t* u, const uint16_t* dy, uint16_t* dg, uint16_t* du);
 

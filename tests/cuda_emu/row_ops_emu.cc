@@ -55,6 +55,16 @@ bool RmsNormRowsBackward(int64_t rows, int D, const uint16_t* x, const uint16_t*
   return kc::LaunchRmsNormRowsBackward(rows, D, B(x), B(w), B(dy), eps, B(dx), nullptr) == cudaSuccess;
 }
 
+bool AddRmsNormRows(int64_t rows, int D, const uint16_t* x, const uint16_t* r, const uint16_t* w, float eps,
+                    uint16_t* y, uint16_t* n) {
+  return kc::LaunchAddRmsNormRows(rows, D, B(x), B(r), B(w), eps, B(y), B(n), nullptr) == cudaSuccess;
+}
+
+bool AddRmsNormRowsBackward(int64_t rows, int D, const uint16_t* y, const uint16_t* w, const uint16_t* dn,
+                            const uint16_t* dy, float eps, uint16_t* dx) {
+  return kc::LaunchAddRmsNormRowsBackward(rows, D, B(y), B(w), B(dn), B(dy), eps, B(dx), nullptr) == cudaSuccess;
+}
+
 bool SwiGlu(int64_t n, const uint16_t* g, const uint16_t* u, uint16_t* y) {
   return kc::LaunchSwiGlu(n, B(g), B(u), B(y), nullptr) == cudaSuccess;
 }

@@ -289,6 +289,32 @@ TEST(FusedOpsEmulated, RmsNormRowsAndSwiGluKernelsMatchFloat64) {
     EXPECT_LE(RelErr(y, y64), 8e-3);
     EXPECT_LE(RelErr(dx, dx64), 1.6e-2);
   }
+  // The residual add fused with the norm: y = x + r, n = RMSNorm(y); dx = dy + the norm's gradient (with and
+  // without a residual gradient).
+  for (int64_t D : {8, 2048}) {
+    SCOPED_TRACE("add+norm D=" + std::to_string(D));
+    at::Tensor x = (at::randn({37, D}, at::kDouble) * 2).to(at::kBFloat16);
+    at::Tensor r = (at::randn({37, D}, at::kDouble) + 0.3).to(at::kBFloat16);
+    at::Tensor w = (1 + 0.3 * at::randn({D}, at::kDouble)).to(at::kBFloat16);
+    at::Tensor dn = at::randn({37, D}, at::kDouble).to(at::kBFloat16),
+               dy = at::randn({37, D}, at::kDouble).to(at::kBFloat16);
+    at::Tensor y = at::full({37, D}, std::nan(""), at::kBFloat16), n = at::full_like(y, std::nan(""));
+    ASSERT_TRUE(cuda_emu::AddRmsNormRows(37, static_cast<int>(D), Bits(x), Bits(r), Bits(w), 1e-6f, MutableBits(y),
+                                         MutableBits(n)));
+    at::Tensor x64 = x.to(at::kDouble).requires_grad_(true), r64 = r.to(at::kDouble).requires_grad_(true);
+    at::Tensor y64 = x64 + r64;
+    at::Tensor n64 = w.to(at::kDouble) * y64 * at::rsqrt(y64.pow(2).mean(-1, true) + 1e-6);
+    EXPECT_LE(RelErr(y, y64), 8e-3);
+    EXPECT_LE(RelErr(n, n64), 8e-3);
+    ((y64 * dy.to(at::kDouble)).sum() + (n64 * dn.to(at::kDouble)).sum()).backward();
+    for (bool residual : {true, false}) {
+      at::Tensor dx = at::full_like(y, std::nan(""));
+      ASSERT_TRUE(cuda_emu::AddRmsNormRowsBackward(37, static_cast<int>(D), Bits(y), Bits(w), Bits(dn),
+                                                   residual ? Bits(dy) : nullptr, 1e-6f, MutableBits(dx)));
+      at::Tensor want = residual ? x64.grad() : x64.grad() - dy.to(at::kDouble);
+      EXPECT_LE(RelErr(dx, want), 1.6e-2) << (residual ? "with" : "without") << " the residual gradient";
+    }
+  }
   at::Tensor g = (at::randn({2, 333, 96}, at::kDouble) * 3).to(at::kBFloat16);
   at::Tensor u = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
   at::Tensor dy = at::randn({2, 333, 96}, at::kDouble).to(at::kBFloat16);
@@ -345,6 +371,40 @@ TEST(FusedOpsCuda, RmsNormRowsMatchFloat64WithGradient) {
     // Strided input: made contiguous inside, same result.
     at::Tensor wide = at::cat({base, base}, -1).cuda();
     EXPECT_LE(RelErr(kernels::RmsNorm(wide.narrow(-1, D, D), w, 1e-6), y), 1e-6);
+  }
+}
+
+// The residual add fused with the norm, through autograd: both outputs, and the gradient of x and r from losses on
+// y and n together and on n alone.
+TEST(FusedOpsCuda, AddRmsNormMatchesFloat64WithGradients) {
+  FM_REQUIRE_GPU();
+  for (int64_t D : {8, 2048}) {
+    const uint64_t seed = FreshSeed();
+    SCOPED_TRACE("D=" + std::to_string(D) + " seed=" + std::to_string(seed));
+    at::Tensor xb = (at::randn({3, 129, D}, at::kDouble) * 2).to(at::kBFloat16);
+    at::Tensor rb = (at::randn({3, 129, D}, at::kDouble) + 0.3).to(at::kBFloat16);
+    at::Tensor wb = (1 + 0.3 * at::randn({D}, at::kDouble)).to(at::kBFloat16);
+    at::Tensor dyb = at::randn({3, 129, D}, at::kDouble).to(at::kBFloat16);
+    at::Tensor dnb = at::randn({3, 129, D}, at::kDouble).to(at::kBFloat16);
+    for (bool use_y : {true, false}) {
+      at::Tensor x = xb.cuda().requires_grad_(true), r = rb.cuda().requires_grad_(true), w = wb.cuda();
+      ASSERT_TRUE(kernels::AddRmsNormCudaSupports(x, r, w));
+      auto [y, n] = kernels::AddRmsNorm(x, r, w, 1e-6);
+      at::Tensor loss = (n.to(at::kDouble) * dnb.cuda().to(at::kDouble)).sum();
+      if (use_y) loss = loss + (y.to(at::kDouble) * dyb.cuda().to(at::kDouble)).sum();
+      loss.backward();
+      at::Tensor x64 = xb.to(at::kDouble).requires_grad_(true), r64 = rb.to(at::kDouble).requires_grad_(true);
+      at::Tensor y64 = x64 + r64;
+      at::Tensor n64 = wb.to(at::kDouble) * y64 * at::rsqrt(y64.pow(2).mean(-1, true) + 1e-6);
+      at::Tensor loss64 = (n64 * dnb.to(at::kDouble)).sum();
+      if (use_y) loss64 = loss64 + (y64 * dyb.to(at::kDouble)).sum();
+      loss64.backward();
+      EXPECT_TRUE(AllFinite(y) && AllFinite(n) && AllFinite(x.grad()));
+      EXPECT_LE(RelErr(y, y64), 8e-3);
+      EXPECT_LE(RelErr(n, n64), 8e-3);
+      EXPECT_LE(RelErr(x.grad(), x64.grad()), 1.6e-2) << (use_y ? "y and n" : "n only");
+      EXPECT_LE(RelErr(r.grad(), r64.grad()), 1.6e-2);
+    }
   }
 }
 

@@ -70,6 +70,11 @@ at::Tensor Decoder::PostAttentionNorm(int64_t layer, const at::Tensor& h) const 
   return kernels::RmsNorm(h, weights_.layers[layer].post_attention_norm, config_.rms_norm_eps);
 }
 
+std::pair<at::Tensor, at::Tensor> Decoder::ResidualPostAttentionNorm(int64_t layer, const at::Tensor& x,
+                                                                     const at::Tensor& attention_output) const {
+  return kernels::AddRmsNorm(x, attention_output, weights_.layers[layer].post_attention_norm, config_.rms_norm_eps);
+}
+
 at::Tensor Decoder::Attention(int64_t layer, const at::Tensor& x, const RopeTables& rope, KvCache* cache,
                               AttentionRecord* record) const {
   return AttentionOutProj(layer, AttentionHeads(layer, x, rope, cache, -1, record));
@@ -174,10 +179,10 @@ at::Tensor Decoder::Block(int64_t layer, const at::Tensor& x, const RopeTables& 
                           at::Tensor* attention_output, at::Tensor* normed_input, const at::Tensor& rows) const {
   at::Tensor xn = InputNorm(layer, x);
   at::Tensor attn = AttentionOutProj(layer, SelectRows(AttentionHeads(layer, xn, rope, cache), rows));
-  at::Tensor h = SelectRows(x, rows) + attn;
+  auto [h, hn] = ResidualPostAttentionNorm(layer, SelectRows(x, rows), attn);
   if (attention_output) *attention_output = attn;
   if (normed_input) *normed_input = xn;
-  return h + Mlp(layer, PostAttentionNorm(layer, h));
+  return h + Mlp(layer, hn);
 }
 
 at::Tensor Decoder::FinalNorm(const at::Tensor& x) const {

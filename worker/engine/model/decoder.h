@@ -95,6 +95,9 @@ class Decoder {
   std::vector<at::Tensor> AttentionProjectionBiases(int64_t layer) const;
   at::Tensor AttentionOutProj(int64_t layer, const at::Tensor& heads) const;
   at::Tensor PostAttentionNorm(int64_t layer, const at::Tensor& h) const;
+  // {h, PostAttentionNorm(h)} for h = x + attention_output, in one pass (kernels::AddRmsNorm).
+  std::pair<at::Tensor, at::Tensor> ResidualPostAttentionNorm(int64_t layer, const at::Tensor& x,
+                                                              const at::Tensor& attention_output) const;
   at::Tensor Mlp(int64_t layer, const at::Tensor& h_normed) const;
   // The MLP in parts: the gate and up projections, the activation silu(gate) * up (the down projection's input),
   // and the down projection.

@@ -121,8 +121,9 @@ at::Tensor MorphableModel::MixedAttention(int64_t l, const at::Tensor& x, const 
 
 at::Tensor MorphableModel::Layer(int64_t l, const at::Tensor& x, const RopeTables& rope, const LayerMix& mix,
                                  HybridCache* cache, AttentionRecord* record, const at::Tensor& rows) const {
-  at::Tensor h = SelectRows(x, rows) + MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache, record, rows);
-  return h + decoder_->Mlp(l, decoder_->PostAttentionNorm(l, h));
+  auto [h, hn] = decoder_->ResidualPostAttentionNorm(
+      l, SelectRows(x, rows), MixedAttention(l, decoder_->InputNorm(l, x), rope, mix, cache, record, rows));
+  return h + decoder_->Mlp(l, hn);
 }
 
 absl::StatusOr<at::Tensor> MorphableModel::ForwardCached(const at::Tensor& ids, const std::vector<LayerMix>& mixes,
@@ -220,9 +221,10 @@ at::Tensor MorphableModel::ForwardBackward(const at::Tensor& ids, const std::vec
       // The layer's output y = h + down(silu(gate) * up) is not needed, only its gradient: with the down
       // projection frozen, dL/dh = grad and dL/da = grad W_down, so the recomputation stops at the gate and up
       // projections and the activation's backward runs directly on them (its forward is never formed).
-      at::Tensor h = SelectRows(x, rows) + MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l],
-                                                          nullptr, records[l], rows);
-      auto [gate, up] = decoder_->MlpGateUp(l, decoder_->PostAttentionNorm(l, h));
+      auto [h, hn] = decoder_->ResidualPostAttentionNorm(
+          l, SelectRows(x, rows),
+          MixedAttention(l, decoder_->InputNorm(l, x), rope.On(x.device()), mixes[l], nullptr, records[l], rows));
+      auto [gate, up] = decoder_->MlpGateUp(l, hn);
       if (!h.requires_grad()) break;  // nothing below this layer trains
       const at::Tensor g = grad.to(h.device());
       auto [d_gate, d_up] = kernels::SwiGluBackward(gate.detach(), up.detach(), at::matmul(g, w.down_proj));
