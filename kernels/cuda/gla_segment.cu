@@ -191,6 +191,24 @@ __device__ __forceinline__ void ScaleRows(float (&acc)[NT][4], float f1, float f
   for (int j = 0; j < NT; ++j) acc[j][0] *= f1, acc[j][1] *= f1, acc[j][2] *= f2, acc[j][3] *= f2;
 }
 
+// The common shape of every per-chunk product of the walks, for the warp's 16 rows (tile mt) and NT output tiles
+// from column n0: acc = diag(f) (X_rows S*) + (mask(X_rows Y^T) * decay) Z, with X_rows over KD columns, S* the
+// bf16 state tile Sb (transposed with kStateNK: Sb is [n][k]), the causal mask lower (kUpper: the transposed
+// scores' upper one) and Z's rows over the chunk's steps. f1, f2: the row factors of rows r1 and r1 + 8.
+template <int KD, bool kStateNK, bool kUpper, int NT>
+__device__ __forceinline__ void DecayedChunkRows(float (&acc)[NT][4], const bf16* X, int ldx, const bf16* Y, int ldy,
+                                                 const bf16* Sb, int lds, const bf16* Z, int ldz, int n0, float f1,
+                                                 float f2, const float* Gw, int mt, int lane) {
+  uint32_t ax[KD / 16][4];
+  LoadRows<KD>(ax, X, ldx, mt, lane);
+  uint32_t scores[kC / 16][4];
+  MaskedScores<KD, kUpper>(scores, ax, Y, ldy, Gw, mt, lane);
+  Zero(acc);
+  RowProduct<NT, KD, kStateNK>(acc, ax, Sb, lds, n0, lane);
+  ScaleRows(acc, f1, f2);
+  StepProduct<NT, kUpper>(acc, scores, Z, ldz, n0, mt, lane);
+}
+
 // Stores the warp's rows r1 = row0 + 16 mt + grp and r1 + 8 (columns n0..) of acc as bf16 into global rows of `ld`.
 template <int NT>
 __device__ __forceinline__ void StoreRows(bf16* rows, int64_t ld, const float (&acc)[NT][4], int r1, int n0, int lane) {
@@ -346,31 +364,17 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
 
     if constexpr (kMode == SegMode::kOutput) {
       // o = exp(G_i) (q S) + P v, P = masked, decayed q k^T; the warp's rows and half of the columns.
-      constexpr int NT = DV / 16;
       const bf16 *K = st.t[0], *V = st.t[1], *Q = st.t[2];
-      uint32_t aq[DK / 16][4];
-      LoadRows<DK>(aq, Q, L::LDK, mt, lane);
-      uint32_t pa[kC / 16][4];
-      MaskedScores<DK, false>(pa, aq, K, L::LDK, Gw, mt, lane);
-      float o[NT][4];
-      Zero(o);
-      RowProduct<NT, DK, false>(o, aq, Sb, L::LDV, half * DV / 2, lane);
-      ScaleRows(o, __expf(Gw[r1]), __expf(Gw[r1 + 8]));
-      StepProduct<NT, false>(o, pa, V, L::LDV, half * DV / 2, mt, lane);
+      float o[DV / 16][4];
+      DecayedChunkRows<DK, false, false>(o, Q, L::LDK, K, L::LDK, Sb, L::LDV, V, L::LDV, half * DV / 2, __expf(Gw[r1]),
+                                         __expf(Gw[r1 + 8]), Gw, mt, lane);
       StoreRows(args.out0 + row0 * DV, DV, o, r1, half * DV / 2, lane);
     } else if constexpr (kMode == SegMode::kGradQ) {
       // dq = exp(G_i) (do S^T) + dA k, dA = masked, decayed do v^T; dgamma = q . dq.
-      constexpr int NT = DK / 16;
       const bf16 *K = st.t[0], *V = st.t[1], *dO = st.t[2], *Q = st.t[3];
-      uint32_t ado[DV / 16][4];
-      LoadRows<DV>(ado, dO, L::LDV, mt, lane);
-      uint32_t da[kC / 16][4];
-      MaskedScores<DV, false>(da, ado, V, L::LDV, Gw, mt, lane);
-      float dq[NT][4];
-      Zero(dq);
-      RowProduct<NT, DV, true>(dq, ado, Sb, L::LDV, half * DK / 2, lane);
-      ScaleRows(dq, __expf(Gw[r1]), __expf(Gw[r1 + 8]));
-      StepProduct<NT, false>(dq, da, K, L::LDK, half * DK / 2, mt, lane);
+      float dq[DK / 16][4];
+      DecayedChunkRows<DV, true, false>(dq, dO, L::LDV, V, L::LDV, Sb, L::LDV, K, L::LDK, half * DK / 2, __expf(Gw[r1]),
+                                        __expf(Gw[r1 + 8]), Gw, mt, lane);
       StoreRows(args.out0 + row0 * DK, DK, dq, r1, half * DK / 2, lane);
       RowDots(red, 1.f, Q, L::LDK, dq, r1, half * DK / 2, lane);
     } else if constexpr (kMode == SegMode::kGradKV) {
@@ -379,29 +383,13 @@ __global__ void __launch_bounds__(kThreads, 1) GlaSegmentKernel(const WalkArgs a
       const bf16 *Q = st.t[0], *dO = st.t[1], *K = st.t[2], *V = st.t[3];
       const float f1 = __expf(gamma - Gw[r1]), f2 = __expf(gamma - Gw[r1 + 8]);
       if (half == 0) {
-        constexpr int NT = DV / 8;
-        uint32_t ak[DK / 16][4];
-        LoadRows<DK>(ak, K, L::LDK, mt, lane);
-        uint32_t at[kC / 16][4];
-        MaskedScores<DK, true>(at, ak, Q, L::LDK, Gw, mt, lane);
-        float dv[NT][4];
-        Zero(dv);
-        RowProduct<NT, DK, false>(dv, ak, Sb, L::LDV, 0, lane);
-        ScaleRows(dv, f1, f2);
-        StepProduct<NT, true>(dv, at, dO, L::LDV, 0, mt, lane);
+        float dv[DV / 8][4];
+        DecayedChunkRows<DK, false, true>(dv, K, L::LDK, Q, L::LDK, Sb, L::LDV, dO, L::LDV, 0, f1, f2, Gw, mt, lane);
         StoreRows(args.out1 + RowOffset(args.out1_layout, bh, static_cast<int64_t>(n) * kC), args.out1_layout.stride_t,
                   dv, r1, 0, lane);
       } else {
-        constexpr int NT = DK / 8;
-        uint32_t av[DV / 16][4];
-        LoadRows<DV>(av, V, L::LDV, mt, lane);
-        uint32_t dat[kC / 16][4];
-        MaskedScores<DV, true>(dat, av, dO, L::LDV, Gw, mt, lane);
-        float dk[NT][4];
-        Zero(dk);
-        RowProduct<NT, DV, true>(dk, av, Sb, L::LDV, 0, lane);
-        ScaleRows(dk, f1, f2);
-        StepProduct<NT, true>(dk, dat, Q, L::LDK, 0, mt, lane);
+        float dk[DK / 8][4];
+        DecayedChunkRows<DV, true, true>(dk, V, L::LDV, dO, L::LDV, Sb, L::LDV, Q, L::LDK, 0, f1, f2, Gw, mt, lane);
         StoreRows(args.out0 + row0 * DK, DK, dk, r1, 0, lane);
         RowDots(red, -1.f, K, L::LDK, dk, r1, 0, lane);
       }

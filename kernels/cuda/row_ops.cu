@@ -54,8 +54,11 @@ int Blocks(int64_t rows, int64_t cap) {
 }
 
 // ---- RMSNorm over model-width rows: two passes over the row (the second read hits L1/L2), 8 elements per load.
-__global__ void RmsNormRowsKernel(int64_t rows, int D, const uint4* __restrict__ x, const uint4* __restrict__ w,
-                                  float eps, uint4* __restrict__ y) {
+// With a residual r: v = bf16(x + r) is normed and also stored to y (the second pass re-reads it from y: this
+// lane's own stores); without: v = x.
+__global__ void RmsNormRowsKernel(int64_t rows, int D, const uint4* __restrict__ x, const uint4* __restrict__ r,
+                                  const uint4* __restrict__ w, float eps, uint4* __restrict__ y,
+                                  uint4* __restrict__ n) {
   const int lane = threadIdx.x & 31, nvec = D / 8;
   for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
     const uint4* xr = x + row * nvec;
@@ -63,28 +66,38 @@ __global__ void RmsNormRowsKernel(int64_t rows, int D, const uint4* __restrict__
     for (int c = lane; c < nvec; c += 32) {
       float v[8];
       Unpack(xr[c], v);
+      if (r) {
+        float b[8];
+        Unpack(r[row * nvec + c], b);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = Round(v[e] + b[e]);
+        y[row * nvec + c] = Pack(v);
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
     }
     const float rstd = rsqrtf(WarpSum(ss) / static_cast<float>(D) + eps);
-    uint4* yr = y + row * nvec;
+    const uint4* vr = r ? y + row * nvec : xr;
+    uint4* nr = n + row * nvec;
     for (int c = lane; c < nvec; c += 32) {
       float v[8], wf[8];
-      Unpack(xr[c], v);
+      Unpack(vr[c], v);
       Unpack(w[c], wf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = wf[e] * Round(v[e] * rstd);
-      yr[c] = Pack(v);
+      nr[c] = Pack(v);
     }
   }
 }
 
-// dx = rstd * (g - xh * mean(g * xh)), g = dy * w, xh = x * rstd.
+// dx = rstd * (g - xh * mean(g * xh)), g = dn * w, xh = x * rstd; with a residual gradient dy: dx = bf16(bf16(that)
+// + dy), rounded as the two-step composition (norm backward, then the gradient sum) rounds it.
 __global__ void RmsNormRowsBackwardKernel(int64_t rows, int D, const uint4* __restrict__ x, const uint4* __restrict__ w,
-                                          const uint4* __restrict__ dy, float eps, uint4* __restrict__ dx) {
+                                          const uint4* __restrict__ dn, const uint4* __restrict__ dy, float eps,
+                                          uint4* __restrict__ dx) {
   const int lane = threadIdx.x & 31, nvec = D / 8;
   for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
-    const uint4 *xr = x + row * nvec, *gr = dy + row * nvec;
+    const uint4 *xr = x + row * nvec, *gr = dn + row * nvec;
     float ss = 0.f, gx = 0.f;
     for (int c = lane; c < nvec; c += 32) {
       float v[8], g[8], wf[8];
@@ -108,81 +121,12 @@ __global__ void RmsNormRowsBackwardKernel(int64_t rows, int D, const uint4* __re
       Unpack(w[c], wf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = rstd * (g[e] * wf[e] - v[e] * k);
-      dr[c] = Pack(v);
-    }
-  }
-}
-
-// ---- Residual add + RMSNorm: y = bf16(x + r), n = RMSNorm(y) as above, one pass writing both; the second pass
-// re-reads y (this lane's own stores, in L1/L2).
-__global__ void AddRmsNormRowsKernel(int64_t rows, int D, const uint4* __restrict__ x, const uint4* __restrict__ r,
-                                     const uint4* __restrict__ w, float eps, uint4* __restrict__ y,
-                                     uint4* __restrict__ n) {
-  const int lane = threadIdx.x & 31, nvec = D / 8;
-  for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
-    const uint4 *xr = x + row * nvec, *rr = r + row * nvec;
-    uint4* yr = y + row * nvec;
-    float ss = 0.f;
-    for (int c = lane; c < nvec; c += 32) {
-      float a[8], b[8];
-      Unpack(xr[c], a);
-      Unpack(rr[c], b);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        a[e] = Round(a[e] + b[e]);
-        ss += a[e] * a[e];
-      }
-      yr[c] = Pack(a);
-    }
-    const float rstd = rsqrtf(WarpSum(ss) / static_cast<float>(D) + eps);
-    uint4* nr = n + row * nvec;
-    for (int c = lane; c < nvec; c += 32) {
-      float v[8], wf[8];
-      Unpack(yr[c], v);
-      Unpack(w[c], wf);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = wf[e] * Round(v[e] * rstd);
-      nr[c] = Pack(v);
-    }
-  }
-}
-
-// dx = bf16(bf16(RMSNorm backward of dn at y) + dy): the norm's input gradient plus the residual's, rounded as the
-// two-step composition rounds them (dy may be null: no residual gradient).
-__global__ void AddRmsNormRowsBackwardKernel(int64_t rows, int D, const uint4* __restrict__ y,
-                                             const uint4* __restrict__ w, const uint4* __restrict__ dn,
-                                             const uint4* __restrict__ dy, float eps, uint4* __restrict__ dx) {
-  const int lane = threadIdx.x & 31, nvec = D / 8;
-  for (int64_t row = FirstRow(); row < rows; row += RowStep()) {
-    const uint4 *yr = y + row * nvec, *gr = dn + row * nvec;
-    float ss = 0.f, gx = 0.f;
-    for (int c = lane; c < nvec; c += 32) {
-      float v[8], g[8], wf[8];
-      Unpack(yr[c], v);
-      Unpack(gr[c], g);
-      Unpack(w[c], wf);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        ss += v[e] * v[e];
-        gx += g[e] * wf[e] * v[e];
-      }
-    }
-    const float rstd = rsqrtf(WarpSum(ss) / static_cast<float>(D) + eps);
-    const float k = rstd * rstd * WarpSum(gx) / static_cast<float>(D);
-    uint4* dr = dx + row * nvec;
-    for (int c = lane; c < nvec; c += 32) {
-      float v[8], g[8], wf[8], d[8];
-      Unpack(yr[c], v);
-      Unpack(gr[c], g);
-      Unpack(w[c], wf);
       if (dy) {
+        float d[8];
         Unpack(dy[row * nvec + c], d);
-      } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) d[e] = 0.f;
+        for (int e = 0; e < 8; ++e) v[e] = Round(v[e]) + d[e];
       }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = Round(rstd * (g[e] * wf[e] - v[e] * k)) + d[e];
       dr[c] = Pack(v);
     }
   }
@@ -677,19 +621,12 @@ bool RmsNormRowsSupported(int64_t D) { return D > 0 && D % 8 == 0; }
 
 cudaError_t LaunchRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* w, float eps,
                               __nv_bfloat16* y, cudaStream_t stream) {
-  if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
-  if (rows == 0) return cudaSuccess;
-  return Launch(RmsNormRowsKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
-                reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w), eps, reinterpret_cast<uint4*>(y));
+  return LaunchAddRmsNormRows(rows, D, x, nullptr, w, eps, nullptr, y, stream);
 }
 
 cudaError_t LaunchRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* w,
                                       const __nv_bfloat16* dy, float eps, __nv_bfloat16* dx, cudaStream_t stream) {
-  if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
-  if (rows == 0) return cudaSuccess;
-  return Launch(RmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
-                reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(w),
-                reinterpret_cast<const uint4*>(dy), eps, reinterpret_cast<uint4*>(dx));
+  return LaunchAddRmsNormRowsBackward(rows, D, x, w, dy, nullptr, eps, dx, stream);
 }
 
 cudaError_t LaunchAddRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, const __nv_bfloat16* r,
@@ -697,7 +634,7 @@ cudaError_t LaunchAddRmsNormRows(int64_t rows, int D, const __nv_bfloat16* x, co
                                  cudaStream_t stream) {
   if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  return Launch(AddRmsNormRowsKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+  return Launch(RmsNormRowsKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
                 reinterpret_cast<const uint4*>(x), reinterpret_cast<const uint4*>(r), reinterpret_cast<const uint4*>(w),
                 eps, reinterpret_cast<uint4*>(y), reinterpret_cast<uint4*>(n));
 }
@@ -707,7 +644,7 @@ cudaError_t LaunchAddRmsNormRowsBackward(int64_t rows, int D, const __nv_bfloat1
                                          cudaStream_t stream) {
   if (!RmsNormRowsSupported(D)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  return Launch(AddRmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
+  return Launch(RmsNormRowsBackwardKernel, dim3(Blocks(rows, 1 << 16)), 32 * kWarps, 0, stream, rows, D,
                 reinterpret_cast<const uint4*>(y), reinterpret_cast<const uint4*>(w),
                 reinterpret_cast<const uint4*>(dn), reinterpret_cast<const uint4*>(dy), eps,
                 reinterpret_cast<uint4*>(dx));
