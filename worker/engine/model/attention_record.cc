@@ -1,6 +1,7 @@
 #include "worker/engine/model/attention_record.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/SDPBackend.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -65,10 +66,14 @@ double RelDiff(const at::Tensor& a, const at::Tensor& b) {
 bool SelfCheck(const at::Tensor& like_q, const at::Tensor& like_k, double scale) {
   try {
     at::AutoGradMode grad_on(true);
-    const auto opts = like_q.options().requires_grad(false);
+    // Inputs drawn on the CPU from a generator of its own (the device's random stream stays untouched).
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(20261208);
     const int64_t H = like_q.size(1), Hkv = like_k.size(1), D = like_q.size(3), T = 256;
-    at::Tensor q0 = at::randn({1, H, T, D}, opts), k0 = at::randn({1, Hkv, T, D}, opts);
-    at::Tensor v0 = at::randn({1, Hkv, T, D}, opts), dy = at::randn({1, H, T, D}, opts);
+    auto draw = [&](int64_t heads) {
+      return at::randn({1, heads, T, D}, gen, at::TensorOptions().dtype(at::kFloat))
+          .to(like_q.device(), like_q.scalar_type());
+    };
+    at::Tensor q0 = draw(H), k0 = draw(Hkv), v0 = draw(Hkv), dy = draw(H);
     auto leaves = [&] {
       return std::make_tuple(q0.clone().requires_grad_(), k0.clone().requires_grad_(), v0.clone().requires_grad_());
     };
