@@ -7,6 +7,7 @@
 //                 values u = U - W S, then S <- exp(G_last) S + (k exp(G_last - G))^T u.
 // The output is the scalar-decay GLA output kernel with v replaced by the corrected values.
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda/smem.cuh"
 #include "kernels/cuda/tiles.cuh"
 #include "kernels/cuda/wmma_gemm.cuh"
 
@@ -41,8 +42,7 @@ __global__ void __launch_bounds__(256)
     GdnPrepareKernel(const bf16* __restrict__ k, const bf16* __restrict__ v, const float* __restrict__ g,
                      const float* __restrict__ beta, bf16* __restrict__ w, bf16* __restrict__ u, int T) {
   using Lt = PrepLayout<DK, DV>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   bf16* K = sc.Take<bf16>(C * Lt::LDK);
   bf16* V = sc.Take<bf16>(C * Lt::LDV);
   float* G = sc.Take<float>(C);
@@ -153,8 +153,7 @@ __global__ void __launch_bounds__(128)
                        const float* __restrict__ g, const float* __restrict__ s_in, bf16* __restrict__ states,
                        bf16* __restrict__ corrected, float* __restrict__ s_out, int T, int DV) {
   using Lt = GdnScanLayout<DK>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   bf16 *Kr[2], *Wr[2], *Ur[2];
   float* Gr[2];
   for (int b = 0; b < 2; ++b) {

@@ -7,7 +7,9 @@
 // to 8 per thread), all in fp32.
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda/smem.cuh"
 
 namespace fm::kernels::cuda {
 namespace {
@@ -30,8 +32,7 @@ __global__ void __launch_bounds__(kThreads)
                         const float* __restrict__ Y, const float* __restrict__ P, const float* __restrict__ Z,
                         const float* __restrict__ R, const float* __restrict__ gamma, const float* __restrict__ initial,
                         float* __restrict__ states, float* __restrict__ corr, float* __restrict__ final_state) {
-  extern __shared__ float smem[];
-  float* xs = smem;                                       // [C, DK]
+  float* xs = reinterpret_cast<float*>(DynamicSmem());    // [C, DK]
   float* ys = xs + RecurrenceSmem::kRows;                 // [C, DK]
   float* zs = ys + RecurrenceSmem::kRows;                 // [C, DK] (kWithZ)
   float* ps = zs + (kWithZ ? RecurrenceSmem::kRows : 0);  // [C, 16]
@@ -111,21 +112,13 @@ cudaError_t LaunchGdnChunkRecurrence(int BH, int N, int C, int DK, int DV, bool 
   const dim3 grid((DV + kCols - 1) / kCols, BH);
   const size_t smem = RecurrenceSmem::Bytes(with_z);
   const float sx = reverse ? 1.f : -1.f, sy = reverse ? -1.f : 1.f;
-  cudaError_t err;
   if (with_z) {
-    err = cudaFuncSetAttribute(GdnRecurrenceKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    GdnRecurrenceKernel<true><<<grid, kThreads, smem, stream>>>(N, C, DK, DV, sx, sy, reverse, X, Y, P, Z, R, gamma,
-                                                                initial_state, states, corrected, final_state);
-  } else {
-    err = cudaFuncSetAttribute(GdnRecurrenceKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    GdnRecurrenceKernel<false><<<grid, kThreads, smem, stream>>>(
-        N, C, DK, DV, sx, sy, reverse, X, Y, P, nullptr, nullptr, gamma, initial_state, states, corrected, final_state);
+    return Launch(GdnRecurrenceKernel<true>, grid, kThreads, smem, stream, N, C, DK, DV, sx, sy, reverse, X, Y, P, Z, R,
+                  gamma, initial_state, states, corrected, final_state);
   }
-  return cudaGetLastError();
+  return Launch(GdnRecurrenceKernel<false>, grid, kThreads, smem, stream, N, C, DK, DV, sx, sy, reverse, X, Y, P,
+                static_cast<const float*>(nullptr), static_cast<const float*>(nullptr), gamma, initial_state, states,
+                corrected, final_state);
 }
 
 }  // namespace fm::kernels::cuda

@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda/smem.cuh"
 #include "kernels/cuda/state_combine.cuh"
 #include "kernels/cuda/tiles.cuh"
 #include "kernels/cuda/wmma_gemm.cuh"
@@ -91,8 +92,7 @@ __global__ void __launch_bounds__(kScanThreads)
                        const float* __restrict__ s_in, bf16* __restrict__ states, float* __restrict__ s_out, int T,
                        int DK, int DV) {
   using L = ScanLayout<C, BK, BV, kPerChannel>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   char* stages = sc.Take<char>(kScanStages * L::StageBytes());
   // Stage `buf`'s regions, computed (not indexed from an array, which would live in local memory).
   auto stage_a = [&](int buf) { return reinterpret_cast<bf16*>(stages + buf * L::StageBytes()); };
@@ -202,8 +202,7 @@ __global__ void __launch_bounds__(kUpdThreads)
     GlaChunkUpdateKernel(const bf16* __restrict__ rows_a, const bf16* __restrict__ rows_b, const float* __restrict__ g,
                          float* __restrict__ updates, float* __restrict__ gamma, int T, int DK) {
   using L = UpdateLayout<C, DV, kPerChannel>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   bf16* A = sc.Take<bf16>(C * L::LDA);
   bf16* B = sc.Take<bf16>(C * L::LDB);
   float* G = sc.Take<float>(L::GROWS * L::LDG);
@@ -343,8 +342,7 @@ __global__ void __launch_bounds__(256)
     GlaOutputKernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                     const float* __restrict__ g, const bf16* __restrict__ states, bf16* __restrict__ out, int T) {
   using L = OutLayout<C, DK, DV, kPerChannel>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   bf16* Q = sc.Take<bf16>(C * L::LDK);
   bf16* V = sc.Take<bf16>(C * L::LDV);
   bf16* S = sc.Take<bf16>(DK * L::LDV);
@@ -424,8 +422,7 @@ __global__ void __launch_bounds__(256)
                   const bf16* __restrict__ dstates, bf16* __restrict__ dq, bf16* __restrict__ dk, bf16* __restrict__ dv,
                   float* __restrict__ dgamma, float* __restrict__ dgamma_chunk_sums, int T) {
   using L = GradLayout<C, DK, DV, kPerChannel>;
-  extern __shared__ __align__(128) char smem[];
-  SmemCarver sc{smem};
+  SmemCarver sc{DynamicSmem()};
   bf16* Q = sc.Take<bf16>(C * L::LDK);
   bf16* K = sc.Take<bf16>(C * L::LDK);
   bf16* V = sc.Take<bf16>(C * L::LDV);

@@ -1,7 +1,9 @@
 // Token-by-token recurrence (decoding) and the fused gate mix, on sm_90. See linear_attention_launch.h.
 #include <cuda_bf16.h>
 
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear_attention_launch.h"
+#include "kernels/cuda/smem.cuh"
 
 namespace fm::kernels::cuda {
 namespace {
@@ -85,7 +87,7 @@ __global__ void GateMixBackwardKernel(int64_t rows, int H, int D, const __nv_bfl
                                       const __nv_bfloat162* __restrict__ linear, const float* __restrict__ a,
                                       const __nv_bfloat162* __restrict__ dy, __nv_bfloat162* __restrict__ d_full,
                                       __nv_bfloat162* __restrict__ d_linear, float* __restrict__ d_a) {
-  extern __shared__ float head_sums[];  // [H]
+  float* head_sums = reinterpret_cast<float*>(DynamicSmem());  // [H]
   for (int h = threadIdx.x; h < H; h += blockDim.x) head_sums[h] = 0.f;
   __syncthreads();
   const int64_t half = static_cast<int64_t>(H) * D / 2;
@@ -133,23 +135,20 @@ cudaError_t LaunchRecurrentStep(int BH, int T, int DK, int DV, bool per_channel,
     auto* kk = static_cast<const T16*>(k);
     auto* vv = static_cast<const T16*>(v);
     auto* oo = static_cast<T16*>(out);
-    if (beta) {
-      RecurrentKernel<T16, true><<<BH, threads, 0, stream>>>(T, DK, DV, false, qq, kk, vv, g, beta, state, oo);
-    } else {
-      RecurrentKernel<T16, false><<<BH, threads, 0, stream>>>(T, DK, DV, per_channel, qq, kk, vv, g, beta, state, oo);
-    }
+    return beta ? Launch(RecurrentKernel<T16, true>, dim3(BH), threads, 0, stream, T, DK, DV, false, qq, kk, vv, g,
+                         beta, state, oo)
+                : Launch(RecurrentKernel<T16, false>, dim3(BH), threads, 0, stream, T, DK, DV, per_channel, qq, kk, vv,
+                         g, beta, state, oo);
   } else {
     auto* qq = static_cast<const float*>(q);
     auto* kk = static_cast<const float*>(k);
     auto* vv = static_cast<const float*>(v);
     auto* oo = static_cast<float*>(out);
-    if (beta) {
-      RecurrentKernel<float, true><<<BH, threads, 0, stream>>>(T, DK, DV, false, qq, kk, vv, g, beta, state, oo);
-    } else {
-      RecurrentKernel<float, false><<<BH, threads, 0, stream>>>(T, DK, DV, per_channel, qq, kk, vv, g, beta, state, oo);
-    }
+    return beta ? Launch(RecurrentKernel<float, true>, dim3(BH), threads, 0, stream, T, DK, DV, false, qq, kk, vv, g,
+                         beta, state, oo)
+                : Launch(RecurrentKernel<float, false>, dim3(BH), threads, 0, stream, T, DK, DV, per_channel, qq, kk,
+                         vv, g, beta, state, oo);
   }
-  return cudaGetLastError();
 }
 
 cudaError_t LaunchGateMix(int64_t rows, int H, int D, const __nv_bfloat16* full, const __nv_bfloat16* linear,
@@ -157,10 +156,9 @@ cudaError_t LaunchGateMix(int64_t rows, int H, int D, const __nv_bfloat16* full,
   if (D % 2 != 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   const int threads = 256;
-  GateMixKernel<<<GridFor(rows * H * D / 2, threads), threads, 0, stream>>>(
-      rows, H, D, reinterpret_cast<const __nv_bfloat162*>(full), reinterpret_cast<const __nv_bfloat162*>(linear), a,
-      reinterpret_cast<__nv_bfloat162*>(out));
-  return cudaGetLastError();
+  return Launch(GateMixKernel, dim3(GridFor(rows * H * D / 2, threads)), threads, 0, stream, rows, H, D,
+                reinterpret_cast<const __nv_bfloat162*>(full), reinterpret_cast<const __nv_bfloat162*>(linear), a,
+                reinterpret_cast<__nv_bfloat162*>(out));
 }
 
 cudaError_t LaunchGateMixBackward(int64_t rows, int H, int D, const __nv_bfloat16* full, const __nv_bfloat16* linear,
@@ -170,11 +168,10 @@ cudaError_t LaunchGateMixBackward(int64_t rows, int H, int D, const __nv_bfloat1
   cudaError_t err = cudaMemsetAsync(d_a, 0, sizeof(float) * H, stream);
   if (err != cudaSuccess || rows == 0) return err;
   const int threads = 256;
-  GateMixBackwardKernel<<<GridFor(rows * H * D / 2, threads), threads, sizeof(float) * H, stream>>>(
-      rows, H, D, reinterpret_cast<const __nv_bfloat162*>(full), reinterpret_cast<const __nv_bfloat162*>(linear), a,
-      reinterpret_cast<const __nv_bfloat162*>(dy), reinterpret_cast<__nv_bfloat162*>(d_full),
-      reinterpret_cast<__nv_bfloat162*>(d_linear), d_a);
-  return cudaGetLastError();
+  return Launch(GateMixBackwardKernel, dim3(GridFor(rows * H * D / 2, threads)), threads, sizeof(float) * H, stream,
+                rows, H, D, reinterpret_cast<const __nv_bfloat162*>(full),
+                reinterpret_cast<const __nv_bfloat162*>(linear), a, reinterpret_cast<const __nv_bfloat162*>(dy),
+                reinterpret_cast<__nv_bfloat162*>(d_full), reinterpret_cast<__nv_bfloat162*>(d_linear), d_a);
 }
 
 }  // namespace fm::kernels::cuda

@@ -67,7 +67,31 @@ inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
   return ::cuda_emu::Shuffle<T, 2>::Run(v, mask);
 }
 
+// Which lanes are converged cannot be known here: none is reported, so code with a converged fast path and a
+// per-lane fallback (small_ops.cu's gate-mix backward) takes the fallback.
+inline unsigned __activemask() { return 0u; }
+namespace cuda_emu {
+template <typename T>
+struct MatchAny {
+  static void Op(const void* const* in, void* const* out) {
+    for (int lane = 0; lane < 32; ++lane) {
+      unsigned mask = 0;
+      for (int other = 0; other < 32; ++other)
+        if (*static_cast<const T*>(in[other]) == *static_cast<const T*>(in[lane])) mask |= 1u << other;
+      *static_cast<unsigned*>(out[lane]) = mask;
+    }
+  }
+};
+}  // namespace cuda_emu
+template <typename T>
+inline unsigned __match_any_sync(unsigned, T value) {
+  unsigned out;
+  ::cuda_emu::WarpCollective(&value, &out, &::cuda_emu::MatchAny<T>::Op);
+  return out;
+}
+
 inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 // Threads of a block run one at a time, so shared-memory atomics are plain updates.
 inline float atomicAdd(float* p, float v) {
