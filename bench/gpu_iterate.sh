@@ -19,7 +19,7 @@ fm_build_gpu fm_torch_tests flashmorph_torch_ops fm_gateopt_bench || exit 1
 echo "build: $(( $(date +%s) - t0 )) s"
 name_of() { local v=$1; echo "${v//[^A-Za-z0-9]/_}"; }
 env_of() { [[ $1 == default ]] || echo "$1"; }
-TESTS=${TESTS-LinearAttentionCuda.*:RmsNormKernel.*:FusedOps*:MultiDevice*:*DecoderParity*:HybridDecode*}
+TESTS=${TESTS-LinearAttentionCuda.*:RmsNormKernel.*:FusedOps*:MultiDevice*:*DecoderParity*:HybridDecode*:Morph*:CudaEmulation.*:MultiLinear*}
 if [[ -n "$TESTS" ]]; then
   [[ $TESTS == *DecoderParity* ]] && "$PY" tests/parity/make_models_fixtures.py --out build-gpu/fixtures/models >/dev/null
   fm_phase tests 200 ./build-gpu/tests/fm_torch_tests --gtest_filter="$TESTS" >/dev/null
