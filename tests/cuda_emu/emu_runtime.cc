@@ -2,6 +2,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -129,7 +130,7 @@ void RunGrid(Dim3 grid, Dim3 block, size_t dynamic_smem, const std::function<voi
   b.threads.resize(nthreads);
   b.warps.resize(nthreads / kWarpSize);
   for (Thread& t : b.threads) t.stack.reset(new char[kStackBytes]);
-  const size_t smem_bytes = (dynamic_smem + 127) / 128 * 128 + 128;
+  const size_t smem_bytes = std::max<size_t>(128, (dynamic_smem + 127) / 128 * 128);
   std::unique_ptr<char, AlignedFree> smem(static_cast<char*>(std::aligned_alloc(128, smem_bytes)));
   b.smem = smem.get();
   b.body = &body;
